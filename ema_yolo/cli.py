@@ -1,0 +1,41 @@
+"""`ema-yolo` command line: `demo`, `bench`, and `yolo` (the stock Ultralytics command with EMA registered)."""
+
+import sys
+
+USAGE = """usage: ema-yolo COMMAND [ARGS]
+
+commands:
+  demo     train, validate and predict with a yolov8n-ema on a generated set, offline, and write a report
+  bench    benchmarks (`ema-yolo bench module`: fast EMA vs the published operator structure)
+  yolo     the stock `yolo` command with ema-yolo registered, for interpreters that skip .pth files
+           (e.g. `ema-yolo yolo train model=yolov8n-ema.yaml data=coco8.yaml`)
+"""
+
+
+def main(argv=None):
+    """Dispatch to a sub-command."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "demo":
+        from .demo import main as run
+    elif command == "bench":
+        from .bench import main as run
+    elif command == "yolo":
+        import ema_yolo
+        from ultralytics.cfg import entrypoint
+
+        ema_yolo.register()
+        sys.argv = ["yolo", *rest]
+        return entrypoint()
+    else:
+        print(f"ema-yolo: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    run(rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

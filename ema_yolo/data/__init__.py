@@ -1,0 +1,1 @@
+"""Dataset tools: generated detection sets for tests and the demo."""

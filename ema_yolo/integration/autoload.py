@@ -1,0 +1,64 @@
+"""Run `ema_yolo.register()` right after `ultralytics.nn.tasks` executes, in any interpreter.
+
+Ultralytics has no plugin hook and builds models by looking names up in that module's globals, so the names must be
+there before the first model is parsed: by the stock `yolo` command, the Python API, or a multi-GPU worker that
+starts a fresh interpreter. This module stays import-light: it runs at every interpreter start (through the .pth file).
+"""
+
+import importlib.abc
+import sys
+import warnings
+
+TARGET = "ultralytics.nn.tasks"
+
+
+def _register_safely():
+    """Register, but never let a failure here break `import ultralytics`."""
+    try:
+        from .ultralytics import register
+
+        register()
+    except Exception as e:  # noqa: BLE001 - reported, and the user's Ultralytics keeps working
+        warnings.warn(f"ema-yolo could not register its layers with Ultralytics: {e}", stacklevel=2)
+
+
+class _RegisteringLoader(importlib.abc.Loader):
+    """Wrap the real loader of `ultralytics.nn.tasks` and register once the module has executed."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        _register_safely()
+
+    def __getattr__(self, name):  # get_source, get_code, ... for tracebacks and inspect
+        return getattr(self.loader, name)
+
+
+class _TasksFinder(importlib.abc.MetaPathFinder):
+    """Find `ultralytics.nn.tasks` with the other finders and hand back its spec with a registering loader."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != TARGET:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _RegisteringLoader(spec.loader)
+                return spec
+        return None
+
+
+def install_import_hook():
+    """Register now if Ultralytics' model parser is loaded, else once it is (idempotent)."""
+    if TARGET in sys.modules:
+        _register_safely()
+    elif not any(isinstance(f, _TasksFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TasksFinder())

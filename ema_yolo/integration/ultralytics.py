@@ -1,0 +1,80 @@
+"""Inject ema-yolo's layers and model YAMLs into a stock Ultralytics, without editing its files.
+
+Three facts about Ultralytics 8.4 drive this module:
+- `parse_model` resolves a YAML module name with `globals()[name]` of `ultralytics.nn.tasks`, so the layers are
+  added to that namespace.
+- It passes an unknown module its YAML args unchanged, but first replaces a string arg with the parser's local
+  variable of that name. At the top of a row `c2` is the previous layer's real (width-scaled) output channel count,
+  so a row `[-1, 1, EMA, [c2]]` gives EMA its input channels at every scale. `tests/test_integration.py` pins this.
+- Model YAML names go through `ultralytics.utils.checks.check_file`, which only searches Ultralytics' own folder;
+  a wrapper adds the YAMLs shipped with ema-yolo for bare file names.
+"""
+
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+from ..nn import CA, CBAM, EMA, SE
+
+__all__ = ("YAML_LAYERS", "model_cfg_dir", "register", "resolve_model_cfg")
+
+YAML_LAYERS = {"EMA": EMA, "CBAM": CBAM, "CA": CA, "SE": SE}  # name in a model YAML -> class
+
+
+def model_cfg_dir():
+    """Return the folder of ema-yolo's model YAMLs: `ema_yolo/cfg` in a wheel, else the source tree's `cfg/`."""
+    package = Path(__file__).resolve().parents[1]
+    packaged = package / "cfg"
+    return packaged if packaged.is_dir() else package.parent / "cfg"
+
+
+def resolve_model_cfg(name):
+    """Return the path of packaged model YAML `name` (a bare file name), or None.
+
+    Example:
+        >>> resolve_model_cfg("yolov8-ema.yaml").name
+        'yolov8-ema.yaml'
+    """
+    name = str(name).strip()
+    if not name.endswith((".yaml", ".yml")) or os.path.basename(name) != name or os.path.exists(name):
+        return None
+    path = model_cfg_dir() / name
+    return path if path.is_file() else None
+
+
+def _with_packaged_cfgs(check_file):
+    """Wrap Ultralytics' `check_file` so bare names of ema-yolo's YAMLs resolve from any working directory."""
+
+    @functools.wraps(check_file)
+    def wrapper(file, *args, **kwargs):
+        packaged = resolve_model_cfg(file)
+        return str(packaged) if packaged else check_file(file, *args, **kwargs)
+
+    wrapper.ema_yolo_wrapped = check_file
+    return wrapper
+
+
+def register():
+    """Make EMA, CBAM, CA and SE resolvable in Ultralytics model YAMLs, and ema-yolo's YAMLs by bare name.
+
+    Idempotent. Also allows the layers in `torch.load(weights_only=True)`, which Ultralytics uses when
+    `ULTRALYTICS_SAFE_LOAD=1`.
+
+    Raises:
+        RuntimeError: If Ultralytics already defines one of these names as something else.
+    """
+    from ultralytics.nn import tasks
+    from ultralytics.utils import checks
+
+    namespace = vars(tasks)
+    for name, cls in YAML_LAYERS.items():
+        if namespace.get(name, cls) is not cls:
+            raise RuntimeError(
+                f"ultralytics.nn.tasks already defines {name!r} ({namespace[name]!r}); ema-yolo will not replace it"
+            )
+        namespace[name] = cls
+    if not hasattr(checks.check_file, "ema_yolo_wrapped"):
+        checks.check_file = _with_packaged_cfgs(checks.check_file)
+    torch.serialization.add_safe_globals(list(YAML_LAYERS.values()))

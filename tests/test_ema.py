@@ -1,0 +1,127 @@
+"""EMA against the paper-faithful reference, odd inputs, group fallback, and ONNX export with dynamic shapes."""
+
+import io
+import logging
+
+import pytest
+import torch
+
+from ema_yolo.nn import EMA, EMAReference, ema_groups
+
+
+def _pair(channels, factor, dtype=torch.float64, seed=0):
+    """A reference EMA with random (non-default) weights and a fast EMA loaded from its state dict."""
+    torch.manual_seed(seed)
+    ref = EMAReference(channels, factor).to(dtype)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.randn_like(p))
+    fast = EMA(channels, factor).to(dtype)
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    return ref, fast
+
+
+@pytest.mark.parametrize(
+    "shape,factor",
+    [
+        ((2, 64, 7, 9), 32),
+        ((1, 32, 1, 1), 32),
+        ((2, 128, 5, 1), 32),
+        ((2, 64, 1, 6), 32),
+        ((3, 96, 6, 4), 8),
+        ((2, 256, 4, 4), 32),
+        ((1, 20, 9, 11), 4),
+        ((2, 8, 3, 3), 1),
+    ],
+)
+def test_matches_reference_forward_and_backward(shape, factor):
+    ref, fast = _pair(shape[1], factor)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y_ref, y_fast = ref(x), fast(x)
+    assert torch.allclose(y_fast, y_ref, atol=1e-9, rtol=0)
+    grad_out = torch.randn_like(y_ref)
+    g_ref = torch.autograd.grad(y_ref, [x, *ref.parameters()], grad_out)
+    g_fast = torch.autograd.grad(y_fast, [x, *fast.parameters()], grad_out)
+    for a, b in zip(g_ref, g_fast):
+        assert torch.allclose(b, a, atol=1e-9, rtol=0)
+
+
+def test_parameters_and_state_dict_layout():
+    m = EMA(256)
+    assert sum(p.numel() for p in m.parameters()) == 10 * 8**2 + 4 * 8 == 672
+    assert list(m.state_dict()) == list(EMAReference(256).state_dict())
+    assert [k for k in m.state_dict()] == [
+        "gn.weight", "gn.bias", "conv1x1.weight", "conv1x1.bias", "conv3x3.weight", "conv3x3.bias"
+    ]
+
+
+@pytest.mark.parametrize("channels,factor,groups", [(256, 32, 32), (48, 32, 24), (16, 32, 16), (20, 8, 5), (7, 32, 7)])
+def test_group_fallback(channels, factor, groups, caplog, monkeypatch):
+    monkeypatch.setattr("ema_yolo.nn.ema._fallbacks_reported", set())  # other tests may have built these widths
+    assert ema_groups(channels, factor) == groups
+    with caplog.at_level(logging.WARNING, logger="ema_yolo"):
+        m = EMA(channels, factor)
+        EMA(channels, factor)
+    assert m.groups == groups and m.group_channels * groups == channels
+    # the fallback is exactly the published module run with that many groups
+    ref, fast = _pair(channels, groups)
+    fast_fallback = EMA(channels, factor).double()
+    fast_fallback.load_state_dict(ref.state_dict())
+    x = torch.randn(2, channels, 5, 6, dtype=torch.float64)
+    assert torch.allclose(fast_fallback(x), ref(x), atol=1e-9)
+    reports = [r for r in caplog.records if f"{channels} channels" in r.getMessage()]
+    assert len(reports) == (0 if groups == factor else 1)  # said once, only when falling back
+
+
+def test_bad_channel_argument_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"\[-1, 1, EMA, \[c2\]\]"):
+        EMA("c2")
+    with pytest.raises(ValueError, match="from = -1"):
+        EMA(64)(torch.randn(1, 32, 4, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast(dtype):
+    ref, fast = _pair(64, 32, torch.float32)
+    x = torch.randn(2, 64, 12, 10)
+    with torch.autocast("cpu", dtype=dtype):
+        y = fast(x.to(dtype))
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert torch.allclose(y.float(), ref(x), atol=0.1, rtol=0.05)
+
+
+def test_half_weights_bfloat16():
+    # Ultralytics stores checkpoints in half precision; half matmuls need bf16 on CPU
+    ref, fast = _pair(64, 32, torch.float32)
+    x = torch.randn(2, 64, 8, 8)
+    y = fast.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and torch.allclose(y.float(), ref(x), atol=0.1, rtol=0.05)
+
+
+def test_layouts_and_degenerate_inputs():
+    ref, fast = _pair(64, 32)
+    x = torch.randn(2, 64, 9, 7, dtype=torch.float64)
+    expected = ref(x)
+    assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-9)
+    wide = torch.randn(2, 64, 7, 9, dtype=torch.float64).transpose(2, 3)  # non-contiguous
+    assert torch.allclose(fast(wide), ref(wide.contiguous()), atol=1e-9)
+    assert torch.allclose(fast(x[:1]), expected[:1], atol=1e-9)  # batch 1
+    for constant in (torch.zeros(1, 64, 5, 5), torch.full((1, 64, 1, 1), 3.0)):
+        y = fast.float()(constant)
+        assert torch.isfinite(y).all()
+
+
+def test_onnx_dynamic_shapes_match_pytorch():
+    import onnxruntime as ort
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 48, 3, padding=1), EMA(48)).eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        model, torch.randn(1, 3, 16, 16), buffer, input_names=["x"], output_names=["y"], dynamo=False,
+        dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}, "y": {0: "b", 2: "h", 3: "w"}}, opset_version=17,
+    )
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    for shape in [(3, 3, 24, 40), (1, 3, 7, 5)]:
+        x = torch.randn(shape)
+        (y,) = session.run(None, {"x": x.numpy()})
+        with torch.no_grad():
+            assert torch.allclose(torch.from_numpy(y), model(x), atol=1e-4)

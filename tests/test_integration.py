@@ -1,0 +1,196 @@
+"""Ultralytics integration: registration, name resolution, the model zoo, training, checkpoints, DDP, offline."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import ema_yolo
+from ema_yolo.integration.ultralytics import YAML_LAYERS, model_cfg_dir
+from ema_yolo.nn import EMA
+
+CFGS = sorted(p.name for p in model_cfg_dir().glob("*.yaml"))
+
+
+def _run(code_or_args, cwd, env=None, timeout=300):
+    """Run Python code (str) or a command (list) in a fresh process; fail the test with its output on error."""
+    cmd = [sys.executable, "-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
+    env = {**os.environ, **(env or {})}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _scaled(name, scale):
+    """yolov8-ema.yaml, 's' -> yolov8s-ema.yaml (Ultralytics' naming for a scale)."""
+    family, _, rest = name.partition("-")
+    return f"{family}{scale}-{rest}" if rest else name.replace(".yaml", f"{scale}.yaml")
+
+
+def test_register_is_idempotent_and_injects_names():
+    from ultralytics.nn import tasks
+    from ultralytics.utils import checks
+
+    ema_yolo.register()
+    wrapped = checks.check_file
+    ema_yolo.register()
+    assert checks.check_file is wrapped
+    for name, cls in YAML_LAYERS.items():
+        assert getattr(tasks, name) is cls
+
+
+def test_parse_model_gives_attention_rows_their_input_channels():
+    # Pins the mechanism against the installed Ultralytics: 'c2' at the top of a row = previous layer's channels.
+    from ultralytics.nn.tasks import parse_model
+
+    d = {
+        "nc": 2,
+        "scales": {"s": [1.0, 0.75, 1024]},
+        "scale": "s",
+        "backbone": [[-1, 1, "Conv", [64, 3, 2]], [-1, 1, "EMA", ["c2"]], [-1, 1, "Conv", [48, 3, 1]]],
+        "head": [[-1, 1, "SE", ["c2"]], [-1, 1, "CBAM", ["c2"]], [-1, 1, "CA", ["c2"]]],
+    }
+    model, _ = parse_model(d, ch=3, verbose=False)
+    assert model[1].channels == 48 and model[1].groups == 24  # 64 * 0.75 = 48 -> 24 groups of 2
+    assert model[3].fc1.in_channels == model[4].fc1.in_channels == model[5].conv1.in_channels == 40  # 48*0.75 -> 40
+
+
+def test_every_yaml_at_every_scale_builds_and_runs():
+    from ultralytics.nn.tasks import DetectionModel
+
+    assert len(CFGS) == 21
+    for name in CFGS:
+        for scale in "nsmlx":
+            model = DetectionModel(str(model_cfg_dir() / _scaled(name, scale)), nc=3, verbose=False).eval()
+            if scale in "ns":  # forward passes at n and s; m/l/x are built (channels checked at build by stride pass)
+                with torch.no_grad():
+                    y = model(torch.zeros(1, 3, 64, 64))
+                assert y[0].shape[:2] == (1, 4 + 3)
+
+
+def test_exact_parameter_counts():
+    from ultralytics import YOLO
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    assert count(YOLO("yolov5s-ema.yaml").model) - count(YOLO("yolov5s.yaml").model) == 3296
+    p2x = YOLO("yolov5x-p2-ema.yaml").model
+    assert sum(count(m) for m in p2x.modules() if isinstance(m, EMA)) == 11280
+    assert sum(isinstance(m, EMA) for m in p2x.modules()) == 5
+    assert count(p2x) - count(YOLO("yolov5x-p2.yaml").model) == 11280
+
+
+def test_ablation_files_differ_from_the_ema_file_only_in_the_layer():
+    for name in CFGS:
+        for layer in ("cbam", "ca", "se"):
+            if name.endswith(f"-{layer}.yaml"):
+                ema = (model_cfg_dir() / name.replace(f"-{layer}.yaml", "-ema.yaml")).read_text()
+                rows = [r for r in ema.splitlines() if not r.startswith("#")]
+                expected = [r.replace(", EMA, ", f", {layer.upper()}, ") for r in rows]
+                assert [r for r in (model_cfg_dir() / name).read_text().splitlines() if not r.startswith("#")] == expected
+
+
+def test_bare_names_resolve_from_any_folder_in_a_fresh_process(tmp_path):
+    out = _run(
+        "from ultralytics import YOLO; m = YOLO('yolo11s-ema.yaml'); "
+        "print(sum(type(x).__name__ == 'EMA' for x in m.model.modules()), m.model.yaml['scale'])",
+        cwd=tmp_path,
+    )
+    assert out.split()[-2:] == ["2", "s"]
+
+
+def test_train_through_the_stock_yolo_command(tiny_dataset, tmp_path):
+    yolo = Path(sys.executable).with_name("yolo")
+    _run(
+        [str(yolo), "train", "model=yolov8n-ema.yaml", f"data={tiny_dataset}", "epochs=1", "imgsz=64", "batch=8",
+         "device=cpu", "workers=0", "amp=False", "plots=False", f"project={tmp_path}", "name=cli"],
+        cwd=tmp_path,
+    )
+    ckpt = torch.load(tmp_path / "cli" / "weights" / "last.pt", weights_only=False)
+    assert sum(isinstance(m, EMA) for m in ckpt["model"].modules()) == 2
+
+
+def test_checkpoint_predict_val_export_finetune_in_fresh_process(trained_checkpoint, tiny_dataset, tmp_path):
+    code = f"""
+import json, numpy as np, onnxruntime as ort
+from ultralytics import YOLO
+from ultralytics.utils import ASSETS
+m = YOLO({str(trained_checkpoint)!r})
+n_ema = sum(type(x).__name__ == 'EMA' for x in m.model.modules())
+r = m.predict(ASSETS / 'bus.jpg', imgsz=64, device='cpu', verbose=False)[0]
+metrics = m.val(data={str(tiny_dataset)!r}, imgsz=64, device='cpu', plots=False, project={str(tmp_path)!r}, name='v')
+ts = YOLO({str(trained_checkpoint)!r}).export(format='torchscript', imgsz=64)
+onnx = YOLO({str(trained_checkpoint)!r}).export(format='onnx', imgsz=64, dynamic=True, simplify=False)
+sess = ort.InferenceSession(onnx, providers=['CPUExecutionProvider'])
+out = sess.run(None, {{sess.get_inputs()[0].name: np.zeros((1, 3, 64, 64), np.float32)}})[0]
+ft = YOLO({str(trained_checkpoint)!r})
+ft.train(data={str(tiny_dataset)!r}, epochs=1, imgsz=64, batch=8, device='cpu', workers=0, amp=False, plots=False,
+         project={str(tmp_path)!r}, name='ft')
+print(json.dumps({{"ema": n_ema, "map": float(metrics.box.map), "onnx": list(out.shape), "ts": ts}}))
+"""
+    result = json.loads(_run(code, cwd=tmp_path, timeout=600).strip().splitlines()[-1])
+    assert result["ema"] == 2 and 0.0 <= result["map"] <= 1.0
+    assert result["onnx"] == [1, 4 + 3, 64 + 16 + 4]
+    assert Path(result["ts"]).is_file()
+    assert (tmp_path / "ft" / "weights" / "last.pt").is_file()
+
+
+def test_safe_load_in_fresh_process(trained_checkpoint, tmp_path):
+    out = _run(
+        f"from ultralytics import YOLO; m = YOLO({str(trained_checkpoint)!r}); "
+        "print(sum(type(x).__name__ == 'EMA' for x in m.model.modules()))",
+        cwd=tmp_path,
+        env={"ULTRALYTICS_SAFE_LOAD": "1"},
+    )
+    assert out.split()[-1] == "2"
+
+
+def test_ddp_worker_script_rebuilds_ema_model_in_fresh_interpreter(tiny_dataset, tmp_path):
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.utils.dist import generate_ddp_file
+
+    trainer = DetectionTrainer(
+        overrides={"model": "yolov8n-ema.yaml", "data": str(tiny_dataset), "epochs": 1, "imgsz": 64, "batch": 8,
+                   "device": "cpu", "workers": 0, "amp": False, "plots": False, "project": str(tmp_path), "name": "ddp"}
+    )
+    script = generate_ddp_file(trainer)
+    _run([sys.executable, script], cwd=tmp_path, timeout=600)
+    ckpt = torch.load(tmp_path / "ddp" / "weights" / "last.pt", weights_only=False)
+    assert sum(isinstance(m, EMA) for m in ckpt["model"].modules()) == 2
+
+
+def test_demo_path_opens_no_network_connection(tmp_path, monkeypatch):
+    from ema_yolo.demo import run_demo
+
+    attempts = []
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def local(host):
+        return host in ("localhost", "::1", "") or str(host).startswith("127.")
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not local(host):
+            attempts.append(address)
+            raise OSError("network blocked by test")
+        return real_connect(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if not local(host):
+            attempts.append(host)
+            raise socket.gaierror("network blocked by test")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    figures = run_demo(tmp_path / "demo", epochs=1, imgsz=64, train_images=16, val_images=8)
+    assert attempts == []
+    assert figures["ema_modules"] == 2
+    for name in ("report.md", "figures.json", "predict_bus.jpg", "train/results.png"):
+        assert (tmp_path / "demo" / name).is_file(), name
