@@ -111,16 +111,24 @@ def test_layouts_and_degenerate_inputs():
         assert torch.isfinite(y).all()
 
 
+class _Tail(torch.nn.Module):
+    """Reads the batch size like Ultralytics' Detect does: an export that froze EMA's output shape fails here."""
+
+    def forward(self, x):
+        return x.view(x.shape[0], 4, -1)
+
+
 def test_onnx_dynamic_shapes_match_pytorch():
     import onnxruntime as ort
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 48, 3, padding=1), EMA(48)).eval()
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 48, 3, padding=1), EMA(48), _Tail()).eval()
     buffer = io.BytesIO()
     torch.onnx.export(
         model, torch.randn(1, 3, 16, 16), buffer, input_names=["x"], output_names=["y"], dynamo=False,
-        dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}, "y": {0: "b", 2: "h", 3: "w"}}, opset_version=17,
+        dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}, "y": {0: "b", 2: "n"}}, opset_version=17,
     )
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
-    for shape in [(3, 3, 24, 40), (1, 3, 7, 5)]:
+    for shape in [(3, 3, 24, 40), (1, 3, 7, 5), (2, 3, 1, 1)]:
         x = torch.randn(shape)
         (y,) = session.run(None, {"x": x.numpy()})
         with torch.no_grad():

@@ -40,13 +40,10 @@ def ema_groups(channels, factor=32):
     return next(g for g in range(min(factor, channels), 0, -1) if channels % g == 0)
 
 
-def _window_indicators(line):
-    """Return an (n, 3) 0/1 matrix for a length-n `line`: its columns select indices [0, n-1), [0, n) and [1, n).
-
-    Built from the data, not from `n`, so traced exports keep it dynamic.
-    """
-    index = (line * 0 + 1).cumsum(0)  # 1..n, computed from the data so that tracing keeps it dynamic
-    return torch.stack((index < index[-1], index > 0, index > 1), dim=1).to(line.dtype)
+def _window_indicators(n, like):
+    """Return an (n, 3) 0/1 matrix whose columns select indices [0, n-1), [0, n) and [1, n)."""
+    index = torch.arange(n, device=like.device)
+    return torch.stack((index < n - 1, index >= 0, index > 0), dim=1).to(like.dtype)
 
 
 class EMA(nn.Module):
@@ -104,15 +101,14 @@ class EMA(nn.Module):
                 "must read from the layer just before it (from = -1)"
             )
         g, cg = self.groups, self.group_channels
-        z = x.unflatten(1, (g, cg))  # (B, G, cg, H, W)
+        b, _, h, w = x.shape  # batch and spatial sizes stay symbolic in exports; g and cg are Python ints
+        z = x.reshape(b, g, cg, h, w)
 
         # Row sums of z over three column windows (all but the last, all, all but the first): the middle one gives
         # the width pooling, and with the same split of rows they give every 3x3 tap's zero-padded window sum.
-        # Sizes come from the data, never from x.shape, so traced ONNX exports stay correct at every input size.
-        cols, rows = _window_indicators(z[0, 0, 0, 0]), _window_indicators(z[0, 0, 0, :, 0])  # (W, 3), (H, 3)
-        width, area = cols[:, 1].sum(), cols[:, 1].sum() * rows[:, 1].sum()
+        cols, rows = _window_indicators(w, z), _window_indicators(h, z)  # (W, 3), (H, 3)
         row_sums = torch.matmul(z, cols)  # (B, G, cg, H, 3)
-        pooled_h = row_sums[..., 1] / width  # (B, G, cg, H)
+        pooled_h = row_sums[..., 1] / w  # (B, G, cg, H)
         pooled_w = z.mean(3)  # (B, G, cg, W)
 
         # Branch 1: y1 = gn(z * a_h * a_w), the shared 1x1 conv applied to both pooled directions.
@@ -120,13 +116,13 @@ class EMA(nn.Module):
         gate_h = torch.sigmoid(torch.matmul(w1, pooled_h) + b1)
         gate_w = torch.sigmoid(torch.matmul(w1, pooled_w) + b1)
         t = (z * gate_h.unsqueeze(-1) * gate_w.unsqueeze(-2)).flatten(0, 1)  # (B*G, cg, H, W), a free view
-        y1 = self.gn(t).unflatten(0, (-1, g))  # (B, G, cg, H, W)
+        y1 = self.gn(t)  # (B*G, cg, H, W)
 
         # Branch 2 enters only as its spatial mean and a weighted sum over its output channels; neither needs the
         # cg -> cg 3x3 conv itself. Its mean comes from window sums (zero padding drops one row/column per tap).
         taps = torch.matmul(rows.transpose(0, 1), row_sums)  # (B, G, cg, 3 [ky], 3 [kx])
         w3, b3 = self.conv3x3.weight, self.conv3x3.bias
-        conv3_mean = torch.einsum("kjyx,bgjyx->bgk", w3.to(taps.dtype), taps) / area + b3
+        conv3_mean = torch.einsum("kjyx,bgjyx->bgk", w3.to(taps.dtype), taps) / (h * w) + b3
         acc = torch.promote_types(x.dtype, torch.float32)  # softmaxes at >= float32 precision
         s2 = torch.softmax(conv3_mean.to(acc), -1)  # (B, G, cg)
         s1 = torch.softmax(self.gn.bias.to(acc), 0)  # (cg,): the spatial mean of gn(.) is exactly its bias
@@ -134,7 +130,7 @@ class EMA(nn.Module):
         # m = sum_k s1[k] conv3x3(z)[k] + sum_k s2[k] y1[k]. The first sum is one 3x3 kernel per input channel
         # (a depthwise conv, fast everywhere) summed over each group's channels.
         kernel = torch.einsum("k,kjyx->jyx", s1, w3.to(acc)).to(x.dtype).repeat(g, 1, 1).unsqueeze(1)  # (C, 1, 3, 3)
-        m_conv = F.conv2d(x, kernel, padding=1, groups=self.channels).unflatten(1, (g, cg)).sum(2)  # (B, G, H, W)
-        m_norm = torch.einsum("bgk,bgkhw->bghw", s2.to(y1.dtype), y1)
+        m_conv = F.conv2d(x, kernel, padding=1, groups=self.channels).view(b, g, cg, h, w).sum(2)  # (B, G, H, W)
+        m_norm = torch.matmul(s2.to(y1.dtype).view(b, g, 1, cg), y1.view(b, g, cg, h * w)).view(b, g, h, w)
         m = m_conv + m_norm + (s1 * b3.to(acc)).sum().to(x.dtype)
         return (z * torch.sigmoid(m).unsqueeze(2)).flatten(1, 2)
