@@ -6,6 +6,8 @@ USAGE = """usage: ema-yolo COMMAND [ARGS]
 
 commands:
   demo     train, validate and predict with a yolov8n-ema on a generated set, offline, and write a report
+  convert  prepare a YOLO dataset from VisDrone2019-DET folders/archives or a COCO JSON (`ema-yolo convert -h`)
+  synth    write a small generated dataset in VisDrone, COCO or YOLO format
   bench    benchmarks (`ema-yolo bench module`: fast EMA vs the published operator structure)
   yolo     the stock `yolo` command with ema-yolo registered, for interpreters that skip .pth files
            (e.g. `ema-yolo yolo train model=yolov8n-ema.yaml data=coco8.yaml`)
@@ -23,6 +25,10 @@ def main(argv=None):
         from .demo import main as run
     elif command == "bench":
         from .bench import main as run
+    elif command == "convert":
+        from .data.commands import convert_main as run
+    elif command == "synth":
+        from .data.commands import synth_main as run
     elif command == "yolo":
         import ema_yolo
         from ultralytics.cfg import entrypoint
@@ -33,8 +39,7 @@ def main(argv=None):
     else:
         print(f"ema-yolo: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    run(rest)
-    return 0
+    return run(rest) or 0
 
 
 if __name__ == "__main__":
