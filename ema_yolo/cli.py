@@ -8,6 +8,7 @@ commands:
   demo     train, validate and predict with a yolov8n-ema on a generated set, offline, and write a report
   convert  prepare a YOLO dataset from VisDrone2019-DET folders/archives or a COCO JSON (`ema-yolo convert -h`)
   synth    write a small generated dataset in VisDrone, COCO or YOLO format
+  eval     score a model or predictions file under the COCO or VisDrone protocol (`ema-yolo eval -h`)
   bench    benchmarks (`ema-yolo bench module`: fast EMA vs the published operator structure)
   yolo     the stock `yolo` command with ema-yolo registered, for interpreters that skip .pth files
            (e.g. `ema-yolo yolo train model=yolov8n-ema.yaml data=coco8.yaml`)
@@ -25,6 +26,8 @@ def main(argv=None):
         from .demo import main as run
     elif command == "bench":
         from .bench import main as run
+    elif command == "eval":
+        from .eval.commands import main as run
     elif command == "convert":
         from .data.commands import convert_main as run
     elif command == "synth":

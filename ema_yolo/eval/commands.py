@@ -1,0 +1,82 @@
+"""`ema-yolo eval`: score a model or a predictions file on a dataset split under the COCO or VisDrone protocol."""
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from .protocols import EvalError, evaluate, load_ground_truth
+
+
+@contextlib.contextmanager
+def _ultralytics_logs_to_stderr():
+    """Keep stdout for our own output (`--json -`): Ultralytics' logger and progress bars write there otherwise."""
+    from ultralytics.utils import LOGGER
+
+    streams = [(h, h.setStream(sys.stderr)) for h in LOGGER.handlers if hasattr(h, "setStream")]
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for handler, old in streams:
+            handler.setStream(old)
+
+
+def model_predictions(model, data, protocol="coco", imgsz=640, split="val", device=None, batch=16):
+    """Run `model` over the split with Ultralytics' validator and return its `save_json` predictions."""
+    from ultralytics import YOLO
+
+    with tempfile.TemporaryDirectory() as tmp, _ultralytics_logs_to_stderr():
+        YOLO(model).val(
+            data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, save_json=True, plots=False,
+            conf=0.001, max_det=500 if protocol == "visdrone" else 300, project=tmp, name="val", verbose=False,
+        )
+        return json.loads((Path(tmp) / "val" / "predictions.json").read_text())
+
+
+def format_table(metrics, protocol):
+    """A terminal table of the summary metrics and per-class AP."""
+    lines = [f"{protocol} protocol", "-" * 28]
+    lines += [f"{k:<10}{v:>10.4f}" for k, v in metrics.items() if k != "per_class"]
+    lines += ["-" * 28, "per-class AP"] + [f"{name:<18}{ap:>10.4f}" for name, ap in metrics["per_class"].items()]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """Command line."""
+    parser = argparse.ArgumentParser(prog="ema-yolo eval", description=__doc__)
+    parser.add_argument("--data", required=True, help="Ultralytics dataset YAML")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="checkpoint, model YAML or exported model")
+    source.add_argument("--predictions", help="predictions JSON as written by `yolo val save_json=True`")
+    parser.add_argument("--protocol", choices=["coco", "visdrone"], default="coco")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--json", help="write metrics as JSON to this file ('-' = stdout, then nothing else there)")
+    args = parser.parse_args(argv)
+    try:
+        gt = load_ground_truth(args.data, args.split)
+        if args.predictions:
+            try:
+                predictions = json.loads(Path(args.predictions).read_text())
+            except FileNotFoundError:
+                raise EvalError(f"{args.predictions}: no such file") from None
+            except json.JSONDecodeError as e:
+                raise EvalError(f"{args.predictions}:{e.lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(predictions, list):
+                raise EvalError(f"{args.predictions}: expected a JSON list of detections")
+        else:
+            predictions = model_predictions(args.model, args.data, args.protocol, args.imgsz, args.split, args.device)
+        metrics = evaluate(gt, predictions, args.protocol, args.predictions or args.model)
+    except EvalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(format_table(metrics, args.protocol), file=sys.stderr if args.json == "-" else sys.stdout)
+    if args.json == "-":
+        print(json.dumps(metrics, indent=2))
+    elif args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+    return 0

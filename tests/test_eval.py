@@ -1,0 +1,146 @@
+"""Evaluation protocols against hand-computed cases and pycocotools run directly; eval command paths and bad input."""
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ema_yolo.cli import main as cli
+from ema_yolo.eval.protocols import EvalError, evaluate, load_ground_truth
+
+
+def _dataset(root, images, names=("a", "b"), ignored=None):
+    """Write a YOLO val split: images {stem: (w, h, [(cls, x, y, w, h) pixels])}, optional ignored regions per stem."""
+    for sub in ("images", "labels", "ignored"):
+        (root / "val" / sub).mkdir(parents=True, exist_ok=True)
+    for stem, (width, height, boxes) in images.items():
+        cv2.imwrite(str(root / "val" / "images" / f"{stem}.png"), np.zeros((height, width, 3), np.uint8))
+        rows = [f"{c} {(x + w / 2) / width} {(y + h / 2) / height} {w / width} {h / height}" for c, x, y, w, h in boxes]
+        (root / "val" / "labels" / f"{stem}.txt").write_text("\n".join(rows) + "\n")
+    for stem, regions in (ignored or {}).items():
+        (root / "val" / "ignored" / f"{stem}.txt").write_text("".join(" ".join(map(str, r)) + "\n" for r in regions))
+    names_yaml = "".join(f"  {i}: {n}\n" for i, n in enumerate(names))
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: val/images\nval: val/images\nnames:\n{names_yaml}")
+    return root / "data.yaml"
+
+
+def _det(image_id, cls, box, score=0.9):
+    return {"image_id": image_id, "category_id": cls + 1, "bbox": list(box), "score": score}
+
+
+def test_perfect_predictions_score_one(tmp_path):
+    data = _dataset(tmp_path, {"1": (200, 160, [(0, 10, 10, 50, 40), (1, 100, 50, 60, 60)]), "img2": (120, 120, [(1, 5, 5, 30, 30)])})
+    gt = load_ground_truth(data)
+    predictions = [_det(1, 0, (10, 10, 50, 40)), _det(1, 1, (100, 50, 60, 60)), _det("img2", 1, (5, 5, 30, 30))]
+    for protocol in ("coco", "visdrone"):
+        metrics = evaluate(gt, predictions, protocol)
+        assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
+        assert metrics["per_class"] == {"a": pytest.approx(1.0), "b": pytest.approx(1.0)}
+
+
+def test_known_iou_shift(tmp_path):
+    # Shifting a 100x100 box by 23 px gives IoU 77/123 = 0.626: a match at IoU 0.50, 0.55, 0.60 only -> AP = 3/10.
+    gt = load_ground_truth(_dataset(tmp_path, {"7": (300, 200, [(0, 50, 50, 100, 100)])}))
+    metrics = evaluate(gt, [_det(7, 0, (73, 50, 100, 100))], "coco")
+    assert metrics["AP"] == pytest.approx(0.3) and metrics["AP50"] == pytest.approx(1.0) and metrics["AP75"] == 0.0
+    assert metrics["APl"] == pytest.approx(0.3) and metrics["APm"] == 0.0  # 100x100 px > 96^2: COCO 'large'
+
+
+def test_visdrone_ignored_region_rules(tmp_path):
+    # Ground truth 'hidden' lies inside an ignored region and is never detected; a confident false positive lies
+    # there too. VisDrone removes both (more than half of their area inside), COCO counts both against the model.
+    images = {"5": (400, 300, [(0, 20, 20, 40, 40), (0, 300, 200, 30, 30)])}
+    data = _dataset(tmp_path, images, ignored={"5": [(280, 180, 100, 100)]})
+    gt = load_ground_truth(data)
+    predictions = [_det(5, 0, (20, 20, 40, 40), 0.8), _det(5, 0, (340, 190, 20, 20), 0.95)]
+    assert evaluate(gt, predictions, "visdrone")["AP"] == pytest.approx(1.0)
+    assert evaluate(gt, predictions, "coco")["AP"] < 0.5
+    # a detection only partly (<= 50 %) inside an ignored region still counts as a false positive
+    half_out = [_det(5, 0, (20, 20, 40, 40), 0.8), _det(5, 0, (250, 190, 40, 20), 0.95)]  # 10/40 inside
+    assert evaluate(gt, half_out, "visdrone")["AP"] < 1.0
+
+
+def test_max_detections_caps(tmp_path):
+    # One true positive with the lowest score behind N confident false positives on the same image.
+    gt = load_ground_truth(_dataset(tmp_path, {"3": (1000, 1000, [(0, 500, 500, 50, 50)])}))
+
+    def predictions(n_false):
+        fps = [_det(3, 0, (10 + (i % 30) * 30, 10 + (i // 30) * 30, 20, 20), 0.9) for i in range(n_false)]
+        return fps + [_det(3, 0, (500, 500, 50, 50), 0.1)]
+
+    assert evaluate(gt, predictions(150), "coco")["AP50"] == 0.0  # cut at 100 detections
+    assert evaluate(gt, predictions(150), "visdrone")["AP50"] == pytest.approx(1 / 151, rel=1e-3)  # kept within 500
+    assert evaluate(gt, predictions(500), "visdrone")["AP50"] == 0.0  # the 501st detection is dropped
+    assert evaluate(gt, predictions(150), "visdrone")["AR100"] == 0.0 and evaluate(gt, predictions(150), "visdrone")["AR500"] == 1.0
+
+
+def test_coco_protocol_equals_pycocotools_run_directly(tmp_path):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rng = np.random.default_rng(0)
+    images, gt_json, preds = {}, {"images": [], "annotations": [], "categories": [{"id": 1}, {"id": 2}]}, []
+    for i in range(12):
+        boxes = [(int(rng.integers(0, 2)), *map(int, rng.integers(0, 150, 2)), *map(int, rng.integers(8, 60, 2))) for _ in range(5)]
+        images[str(i)] = (256, 224, boxes)
+        gt_json["images"].append({"id": i, "width": 256, "height": 224})
+        for c, x, y, w, h in boxes:
+            gt_json["annotations"].append({"id": len(gt_json["annotations"]) + 1, "image_id": i, "category_id": c + 1,
+                                           "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+            jitter = rng.normal(0, 4, 4)
+            preds.append(_det(i, c if rng.random() > 0.1 else 1 - c, (x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]), float(rng.random())))
+    ours = evaluate(load_ground_truth(_dataset(tmp_path, images)), preds, "coco")
+    with contextlib.redirect_stdout(io.StringIO()):
+        api = COCO()
+        api.dataset = gt_json
+        api.createIndex()
+        direct = COCOeval(api, api.loadRes(preds), "bbox")
+        direct.evaluate(), direct.accumulate(), direct.summarize()
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+    for key, value in zip(keys, direct.stats):
+        assert ours[key] == pytest.approx(max(value, 0.0), abs=1e-9), key
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, capsys):
+    data = _dataset(tmp_path, {"1": (100, 100, [(0, 10, 10, 20, 20)])})
+    gt = load_ground_truth(data)
+    with pytest.raises(EvalError, match=r"1 image id\(s\) not in the dataset split, e.g. \['nope'\]"):
+        evaluate(gt, [_det("nope", 0, (1, 1, 5, 5))], "coco", "p.json")
+    with pytest.raises(EvalError, match=r"category ids \[7\] are not this dataset's \(1..2\)"):
+        evaluate(gt, [_det(1, 6, (1, 1, 5, 5))], "coco", "p.json")
+    with pytest.raises(EvalError, match="no detections"):
+        evaluate(gt, [], "coco", "p.json")
+    (tmp_path / "p.json").write_text("[]")
+    assert cli(["eval", "--data", str(data), "--predictions", str(tmp_path / "p.json")]) == 1
+    assert "error: p.json" in capsys.readouterr().err.replace(str(tmp_path) + "/", "")
+    for f in (tmp_path / "val" / "labels").iterdir():
+        f.unlink()
+    assert cli(["eval", "--data", str(data), "--predictions", str(tmp_path / "p.json")]) == 1
+    assert "no label files for split 'val'" in capsys.readouterr().err
+
+
+def test_model_path_and_predictions_path_agree(trained_checkpoint, tiny_dataset, tmp_path):
+    from ultralytics import YOLO
+
+    YOLO(trained_checkpoint).val(data=str(tiny_dataset), imgsz=64, batch=16, save_json=True, conf=0.001, max_det=300,
+                                 plots=False, project=str(tmp_path), name="v", device="cpu")
+    predictions = tmp_path / "v" / "predictions.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "ema_yolo", "eval", "--data", str(tiny_dataset), "--model", str(trained_checkpoint),
+         "--imgsz", "64", "--json", "-", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    from_model = json.loads(out.stdout)  # nothing but the JSON on stdout
+    assert cli(["eval", "--data", str(tiny_dataset), "--predictions", str(predictions), "--json", str(tmp_path / "m.json")]) == 0
+    from_file = json.loads((tmp_path / "m.json").read_text())
+    assert from_model.keys() == from_file.keys() and from_model["per_class"] == pytest.approx(from_file["per_class"])
+    for key in from_file:
+        if key != "per_class":
+            assert from_model[key] == pytest.approx(from_file[key], abs=1e-9), key
