@@ -9,6 +9,7 @@ commands:
   convert  prepare a YOLO dataset from VisDrone2019-DET folders/archives or a COCO JSON (`ema-yolo convert -h`)
   synth    write a small generated dataset in VisDrone, COCO or YOLO format
   eval     score a model or predictions file under the COCO or VisDrone protocol (`ema-yolo eval -h`)
+  compare  train and evaluate baseline vs EMA/CBAM/CA/SE variants fairly; tables and plots (`ema-yolo compare -h`)
   bench    benchmarks (`ema-yolo bench module`: fast EMA vs the published operator structure)
   yolo     the stock `yolo` command with ema-yolo registered, for interpreters that skip .pth files
            (e.g. `ema-yolo yolo train model=yolov8n-ema.yaml data=coco8.yaml`)
@@ -28,6 +29,8 @@ def main(argv=None):
         from .bench import main as run
     elif command == "eval":
         from .eval.commands import main as run
+    elif command == "compare":
+        from .eval.compare import main as run
     elif command == "convert":
         from .data.commands import convert_main as run
     elif command == "synth":

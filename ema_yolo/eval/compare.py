@@ -1,0 +1,210 @@
+"""`ema-yolo compare`: a fair baseline-vs-attention ablation with the stock Ultralytics trainer.
+
+Every variant is trained with the same seed, data order and hyper-parameters, evaluated with the same protocol, and
+measured for parameters, GFLOPs and latency. One run folder gets `results.{md,csv,json}`, `map_vs_latency.png` and
+`training_curves.png`. A finished variant leaves `<variant>/done.json`; an interrupted one resumes from its
+`last.pt`, so re-running the same command continues instead of starting over.
+"""
+
+import argparse
+import csv
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .protocols import evaluate, load_ground_truth
+
+__all__ = ("count_gflops", "measure_latency", "run_compare", "variant_cfg")
+
+FAMILIES = ("yolov5", "yolov5-p2", "yolov8", "yolov8-p2", "yolo11")
+VARIANTS = ("baseline", "ema", "cbam", "ca", "se")
+
+
+def variant_cfg(family, scale, variant):
+    """Model YAML name, e.g. ('yolov8', 's', 'ema') -> 'yolov8s-ema.yaml', ('yolov5-p2', 'x', 'baseline') -> 'yolov5x-p2.yaml'."""
+    if family not in FAMILIES or variant not in VARIANTS or scale not in "nsmlx" or len(scale) != 1:
+        raise ValueError(f"unknown family/scale/variant {family!r}/{scale!r}/{variant!r}")
+    base, _, level = family.partition("-")
+    name = f"{base}{scale}" + (f"-{level}" if level else "")
+    return f"{name}.yaml" if variant == "baseline" else f"{name}-{variant}.yaml"
+
+
+def count_gflops(model, imgsz):
+    """GFLOPs of one forward pass at `imgsz`, counted at the ATen op level (so EMA's matmuls, einsums and convs are
+    all seen, unlike module-hook counters), plus one FLOP per element reduced by mean/sum (the pooling)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def reduction_flops(*args, **kwargs):
+        return args[0].numel() if hasattr(args[0], "numel") else 0
+
+    aten = torch.ops.aten
+    custom = {aten.mean: reduction_flops, aten.sum: reduction_flops}
+    param = next(model.parameters())
+    x = torch.zeros(1, 3, imgsz, imgsz, device=param.device, dtype=param.dtype)
+    counter = FlopCounterMode(display=False, custom_mapping=custom)
+    with torch.no_grad(), counter:
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def measure_latency(model, imgsz, runs=20):
+    """Median milliseconds of a batch-1 forward pass at `imgsz` (after warm-up)."""
+    param = next(model.parameters())
+    x = torch.zeros(1, 3, imgsz, imgsz, device=param.device, dtype=param.dtype)
+    times = []
+    with torch.no_grad():
+        for i in range(runs + 3):
+            if param.is_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(x)
+            if param.is_cuda:
+                torch.cuda.synchronize()
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _train(cfg, folder, settings, on_model=None):
+    """Train (or resume) one variant into `folder`; return the path of best.pt."""
+    from ultralytics import YOLO
+
+    last = folder / "weights" / "last.pt"
+    resume = last.is_file()
+    model = YOLO(str(last) if resume else cfg)
+    if on_model is not None:
+        on_model(model)
+    if resume:
+        model.train(resume=True)
+    else:
+        model.train(**settings, project=str(folder.parent), name=folder.name, exist_ok=True)
+    return folder / "weights" / "best.pt"
+
+
+def _plots(out, rows, folders):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for r in rows:
+        ax.scatter(r["latency_ms"], r["AP"], s=60)
+        ax.annotate(r["variant"], (r["latency_ms"], r["AP"]), textcoords="offset points", xytext=(5, 5))
+    ax.set(xlabel="latency, batch 1 (ms)", ylabel="mAP50:95", title="accuracy vs latency")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "map_vs_latency.png", dpi=120)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for variant, folder in folders.items():
+        results = folder / "results.csv"
+        if not results.is_file():
+            continue
+        with open(results) as f:
+            table = list(csv.DictReader(f))
+        epochs = [int(float(r["epoch"])) for r in table]
+        axes[0].plot(epochs, [float(r["metrics/mAP50-95(B)"]) for r in table], marker="o", label=variant)
+        axes[1].plot(epochs, [float(r["train/box_loss"]) for r in table], marker="o", label=variant)
+    axes[0].set(xlabel="epoch", ylabel="val mAP50:95 (Ultralytics)", title="validation mAP")
+    axes[1].set(xlabel="epoch", ylabel="train box loss", title="training loss")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "training_curves.png", dpi=120)
+    plt.close(fig)
+
+
+def run_compare(data, family, scale, variants, out, epochs=100, imgsz=640, batch=16, device="cpu", seed=0,
+                protocol="coco", workers=8, pretrained=False, train=True, on_model=None):
+    """Train, evaluate and measure each variant; write the tables and plots into `out`; return the rows.
+
+    Args:
+        train (bool): False measures the architecture only (params, GFLOPs, latency): the paper's cost columns.
+        on_model (callable, optional): Called with each `YOLO` model before training (for callbacks).
+    """
+    from ultralytics import YOLO
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = dict(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device, seed=seed, workers=workers,
+                    deterministic=True, pretrained=pretrained, amp=device != "cpu", plots=True, verbose=False)
+    (out / "settings.json").write_text(json.dumps({"family": family, "scale": scale, "variants": variants,
+                                                   "protocol": protocol, **settings}, indent=2))
+    gt = load_ground_truth(data) if train else None
+    rows, folders = [], {}
+    for variant in variants:
+        cfg, folder = variant_cfg(family, scale, variant), out / variant
+        folders[variant] = folder
+        done = folder / "done.json"
+        if done.is_file():
+            rows.append(json.loads(done.read_text()))
+            continue
+        row = {"variant": variant, "model": cfg}
+        if train:
+            from .commands import model_predictions
+
+            best = _train(cfg, folder, settings, on_model)
+            metrics = evaluate(gt, model_predictions(best, data, protocol, imgsz, device=device), protocol, str(best))
+            row.update({k: round(v, 4) for k, v in metrics.items() if k != "per_class"})
+            net = YOLO(best).model
+        else:
+            net = YOLO(cfg).model
+        net = net.float().to("cpu" if device == "cpu" else f"cuda:{device}" if str(device).isdigit() else device)
+        net = net.fuse().eval() if hasattr(net, "fuse") else net.eval()
+        row["params"] = sum(p.numel() for p in net.parameters())
+        row["GFLOPs"] = round(count_gflops(net, imgsz), 6)
+        row["latency_ms"] = round(measure_latency(net, imgsz), 2)
+        folder.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(row, indent=2))
+        rows.append(row)
+    _write_tables(out, rows)
+    if train:
+        _plots(out, rows, folders)
+    return rows
+
+
+def _write_tables(out, rows):
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(f"{r.get(k, ''):,}" if isinstance(r.get(k), int) else str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None):
+    """Command line."""
+    parser = argparse.ArgumentParser(prog="ema-yolo compare", description=__doc__)
+    parser.add_argument("--data", help="dataset YAML (not needed with --no-train)")
+    parser.add_argument("--family", choices=FAMILIES, default="yolov8")
+    parser.add_argument("--scale", choices=list("nsmlx"), default="n")
+    parser.add_argument("--variants", default="baseline,ema", help=f"comma-separated, from {','.join(VARIANTS)}")
+    parser.add_argument("--out", required=True, help="run folder (re-run the same command to resume)")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--protocol", choices=["coco", "visdrone"], default="coco")
+    parser.add_argument("--pretrained", action="store_true", help="start from pretrained weights where they match")
+    parser.add_argument("--no-train", action="store_true", help="only params, GFLOPs and latency")
+    args = parser.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        if v not in VARIANTS:
+            parser.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    if not args.no_train and not args.data:
+        parser.error("--data is required unless --no-train")
+    run_compare(args.data, args.family, args.scale, variants, args.out, args.epochs, args.imgsz, args.batch,
+                args.device, args.seed, args.protocol, args.workers, args.pretrained, not args.no_train)
+    return 0

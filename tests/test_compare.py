@@ -1,0 +1,62 @@
+"""The ablation harness end to end on a tiny generated set, resume after an interruption, and the cost columns."""
+
+import json
+
+import pytest
+import torch
+
+from ema_yolo.eval.compare import count_gflops, run_compare, variant_cfg
+
+
+def test_variant_names():
+    assert variant_cfg("yolov8", "s", "ema") == "yolov8s-ema.yaml"
+    assert variant_cfg("yolov5-p2", "x", "baseline") == "yolov5x-p2.yaml"
+    assert variant_cfg("yolov5-p2", "x", "cbam") == "yolov5x-p2-cbam.yaml"
+    assert variant_cfg("yolo11", "n", "baseline") == "yolo11n.yaml"
+    with pytest.raises(ValueError):
+        variant_cfg("yolov9", "n", "ema")
+
+
+def test_gflops_counter_sees_functional_ops():
+    # A matmul and a mean inside forward (no module to hook): 2*3*16*32 FLOPs + 3*32 reduced elements.
+    class Functional(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(16, 32))
+
+        def forward(self, x):
+            return torch.matmul(x.reshape(3, 16), self.w).mean(1)  # the input is (1, 3, 4, 4)
+
+    assert count_gflops(Functional(), 4) * 1e9 == pytest.approx(2 * 3 * 16 * 32 + 3 * 32)
+
+
+def test_compare_end_to_end_with_resume(tiny_dataset, tmp_path):
+    interrupted = []
+
+    def interrupt_ema_after_first_epoch(model):
+        if str(model.cfg or "").endswith("-ema.yaml") and not interrupted:
+            def stop(trainer):
+                interrupted.append(trainer.epoch)
+                raise KeyboardInterrupt
+
+            model.add_callback("on_fit_epoch_end", stop)
+
+    kwargs = dict(epochs=2, imgsz=64, batch=8, device="cpu", workers=0, protocol="coco")
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(tiny_dataset, "yolov8", "n", ["baseline", "ema"], tmp_path / "cmp", on_model=interrupt_ema_after_first_epoch, **kwargs)
+    assert interrupted == [0] and (tmp_path / "cmp" / "baseline" / "done.json").is_file()
+    baseline_done = (tmp_path / "cmp" / "baseline" / "done.json").stat().st_mtime_ns
+    assert (tmp_path / "cmp" / "ema" / "weights" / "last.pt").is_file() and not (tmp_path / "cmp" / "ema" / "done.json").exists()
+
+    rows = run_compare(tiny_dataset, "yolov8", "n", ["baseline", "ema"], tmp_path / "cmp", **kwargs)
+    assert (tmp_path / "cmp" / "baseline" / "done.json").stat().st_mtime_ns == baseline_done  # not retrained
+    epochs_run = (tmp_path / "cmp" / "ema" / "results.csv").read_text().strip().splitlines()[1:]
+    assert len(epochs_run) == 2  # resumed at epoch 2, not restarted
+    assert [r["variant"] for r in rows] == ["baseline", "ema"]
+    assert rows[1]["params"] - rows[0]["params"] == (10 * 4**2 + 4 * 4) + (10 * 8**2 + 4 * 8)  # yolov8n: EMA(128), EMA(256)
+    for row in rows:
+        assert 0.0 <= row["AP"] <= 1.0 and row["GFLOPs"] > 0 and row["latency_ms"] > 0
+    assert rows[1]["GFLOPs"] > rows[0]["GFLOPs"]
+    for name in ("results.md", "results.csv", "results.json", "map_vs_latency.png", "training_curves.png"):
+        assert (tmp_path / "cmp" / name).is_file(), name
+    assert json.loads((tmp_path / "cmp" / "results.json").read_text()) == rows
