@@ -1,4 +1,5 @@
-"""Benchmarks: `ema-yolo bench module` times the fast EMA against the published operator structure side by side.
+"""Benchmarks, measured side by side in one process: `ema-yolo bench module` (fast EMA vs the published operator
+structure) and `ema-yolo bench video` (`ema-yolo video` vs the stock `yolo predict source=VIDEO save=True`).
 
 Ratios, not absolute times, are the result: both modules run interleaved in one process, so machine noise hits both.
 """
@@ -7,6 +8,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -86,10 +88,40 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def bench_video(model, source, imgsz=640, device=None, batch=4):
+    """Frames/s of `ema-yolo video` and of the stock `yolo predict source=VIDEO save=True`, same model and video.
+
+    Returns:
+        (dict): Frames and seconds for each, and the speed ratio (ours / stock).
+    """
+    import tempfile
+
+    from ultralytics import YOLO
+
+    from .video import annotate_video
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        stock_frames = sum(1 for _ in YOLO(model).predict(source, stream=True, save=True, imgsz=imgsz, device=device,
+                                                          verbose=False, project=tmp, name="stock"))
+        stock_s = time.perf_counter() - start
+        start = time.perf_counter()
+        ours = annotate_video(model, source, Path(tmp) / "ours.mp4", imgsz=imgsz, device=device, batch=batch, progress=False)
+        ours_s = time.perf_counter() - start
+    return {"source": str(source), "model": str(model), "imgsz": imgsz, "stock_frames": stock_frames,
+            "stock_s": round(stock_s, 2), "stock_fps": round(stock_frames / stock_s, 2),
+            "ours_frames": ours["frames_written"], "ours_s": round(ours_s, 2),
+            "ours_fps": round(ours["frames_written"] / ours_s, 2), "speed-up": round(stock_s / ours_s * ours["frames_written"] / stock_frames, 2)}
+
+
 def main(argv=None):
-    """Command line: `ema-yolo bench module [--threads N] [--json FILE]`."""
+    """Command line: `ema-yolo bench module ...` or `ema-yolo bench video --model M --source V ...`."""
     parser = argparse.ArgumentParser(prog="ema-yolo bench", description=__doc__)
-    parser.add_argument("what", choices=["module"], help="what to benchmark")
+    parser.add_argument("what", choices=["module", "video"], help="what to benchmark")
+    parser.add_argument("--model", help="video: model to run")
+    parser.add_argument("--source", help="video: video file")
+    parser.add_argument("--imgsz", type=int, default=640, help="video: inference size")
+    parser.add_argument("--batch", type=int, default=4, help="video: frames per inference call (ours)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
@@ -98,6 +130,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    if args.what == "video":
+        if not (args.model and args.source):
+            parser.error("video needs --model and --source")
+        result = bench_video(args.model, args.source, args.imgsz, None if args.device == "cpu" else args.device, args.batch)
+        print(format_table([result]))
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+        return
     shapes = [s for family in MODULE_SHAPES.values() for s in family]
     runs = [("cpu", torch.float32)]
     if args.device.startswith("cuda"):

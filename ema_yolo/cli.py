@@ -10,6 +10,7 @@ commands:
   synth    write a small generated dataset in VisDrone, COCO or YOLO format
   eval     score a model or predictions file under the COCO or VisDrone protocol (`ema-yolo eval -h`)
   compare  train and evaluate baseline vs EMA/CBAM/CA/SE variants fairly; tables and plots (`ema-yolo compare -h`)
+  video    run a model over a video and write an annotated video (`ema-yolo video -h`)
   bench    benchmarks (`ema-yolo bench module`: fast EMA vs the published operator structure)
   yolo     the stock `yolo` command with ema-yolo registered, for interpreters that skip .pth files
            (e.g. `ema-yolo yolo train model=yolov8n-ema.yaml data=coco8.yaml`)
@@ -31,6 +32,8 @@ def main(argv=None):
         from .eval.commands import main as run
     elif command == "compare":
         from .eval.compare import main as run
+    elif command == "video":
+        from .video.commands import main as run
     elif command == "convert":
         from .data.commands import convert_main as run
     elif command == "synth":

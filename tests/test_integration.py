@@ -192,5 +192,6 @@ def test_demo_path_opens_no_network_connection(tmp_path, monkeypatch):
     figures = run_demo(tmp_path / "demo", epochs=1, imgsz=64, train_images=16, val_images=8)
     assert attempts == []
     assert figures["ema_modules"] == 2
-    for name in ("report.md", "figures.json", "predict_bus.jpg", "train/results.png"):
+    assert figures["video_frames"] == 48
+    for name in ("report.md", "figures.json", "predict_bus.jpg", "train/results.png", "clip_annotated.mp4"):
         assert (tmp_path / "demo" / name).is_file(), name

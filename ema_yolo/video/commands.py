@@ -1,0 +1,42 @@
+"""`ema-yolo video`: annotate a video (file, camera index or stream URL) with a detector."""
+
+import argparse
+import json
+import sys
+
+from .annotate import VideoError, annotate_video
+
+
+def main(argv=None):
+    """Command line."""
+    parser = argparse.ArgumentParser(prog="ema-yolo video", description=__doc__)
+    parser.add_argument("--model", required=True, help=".pt checkpoint, model YAML, or exported model (.onnx, .torchscript)")
+    parser.add_argument("--source", required=True, help="video file, camera index (0) or stream URL (rtsp://, http://)")
+    parser.add_argument("--output", required=True, help="annotated video (.mp4)")
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--conf", type=float, default=0.25)
+    parser.add_argument("--iou", type=float, default=0.7)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--classes", type=int, nargs="+", help="keep only these class indices")
+    parser.add_argument("--vid-stride", type=int, default=1, help="process every k-th frame")
+    parser.add_argument("--batch", type=int, default=4, help="frames per inference call")
+    parser.add_argument("--track", action="store_true", help="track objects (needs ema-yolo[track])")
+    parser.add_argument("--tracker", default="bytetrack.yaml", help="bytetrack.yaml or botsort.yaml")
+    parser.add_argument("--save-detections", help="per-frame detections: .csv or .jsonl")
+    parser.add_argument("--show", action="store_true", help="also show the frames in a window")
+    args = parser.parse_args(argv)
+    try:
+        summary = annotate_video(
+            args.model, args.source, args.output, args.imgsz, args.conf, args.iou, args.device, args.classes,
+            args.vid_stride, args.track, args.tracker, args.save_detections, args.show, args.batch,
+        )
+    except VideoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    if summary["interrupted"]:
+        print(f"interrupted: wrote {summary['frames_written']} frames to {summary['output']}", file=sys.stderr)
+        return 130
+    print(f"{summary['frames_written']} frames written to {summary['output']} at {summary['processing_fps']} frames/s",
+          file=sys.stderr)
+    return 0
