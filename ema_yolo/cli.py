@@ -43,7 +43,7 @@ def main(argv=None):
         from ultralytics.cfg import entrypoint
 
         ema_yolo.register()
-        sys.argv = ["yolo", *rest]
+        sys.argv[:] = ["yolo", *rest]  # in place: Ultralytics kept a reference to this list at import
         return entrypoint()
     else:
         print(f"ema-yolo: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)

@@ -67,10 +67,10 @@ def test_every_yaml_at_every_scale_builds_and_runs():
     for name in CFGS:
         for scale in "nsmlx":
             model = DetectionModel(str(model_cfg_dir() / _scaled(name, scale)), nc=3, verbose=False).eval()
-            if scale in "ns":  # forward passes at n and s; m/l/x are built (channels checked at build by stride pass)
-                with torch.no_grad():
-                    y = model(torch.zeros(1, 3, 64, 64))
-                assert y[0].shape[:2] == (1, 4 + 3)
+            with torch.no_grad():
+                y = model(torch.zeros(1, 3, 64, 64))
+            levels = 4 if "-p2" in name else 3
+            assert y[0].shape == (1, 4 + 3, sum((64 // s) ** 2 for s in (4, 8, 16, 32)[4 - levels :]))
 
 
 def test_exact_parameter_counts():
@@ -103,6 +103,38 @@ def test_bare_names_resolve_from_any_folder_in_a_fresh_process(tmp_path):
         cwd=tmp_path,
     )
     assert out.split()[-2:] == ["2", "s"]
+
+
+def test_wheel_ships_cfgs_and_autoload(tmp_path):
+    # Build the wheel, install it into a folder, and use it from a fresh interpreter that sees neither this source
+    # tree nor the editable install: the wheel's own .pth must register EMA and its cfg/ must resolve bare names.
+    import site
+    import sysconfig
+
+    root = Path(__file__).resolve().parents[1]
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(root)], cwd=tmp_path)
+    wheel = next((tmp_path / "dist").glob("ema_yolo-*.whl"))
+    _run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"), str(wheel)], cwd=tmp_path)
+    assert (tmp_path / "site" / "ema_yolo_autoload.pth").is_file()
+    assert (tmp_path / "site" / "ema_yolo" / "cfg" / "yolov8-ema.yaml").is_file()
+    code = (
+        "import sys, site; "
+        f"sys.path[:] = [p for p in sys.path if 'site-packages' not in p] + [{sysconfig.get_paths()['purelib']!r}]; "
+        f"site.addsitedir({str(tmp_path / 'site')!r}); sys.path.insert(0, sys.path.pop()); "
+        "from ultralytics import YOLO; import ema_yolo; m = YOLO('yolov8s-ema.yaml'); "
+        "print(ema_yolo.__file__, sum(type(x).__name__ == 'EMA' for x in m.model.modules()))"
+    )
+    out = _run([sys.executable, "-S", "-c", code], cwd=tmp_path).split()
+    assert out[-2].startswith(str(tmp_path / "site")) and out[-1] == "2"
+    assert site  # the child process uses site.addsitedir, which runs the wheel's .pth like site-packages does
+
+
+def test_explicit_entry_point_runs_the_stock_command(tmp_path):
+    from ultralytics.utils import ASSETS
+
+    _run([sys.executable, "-m", "ema_yolo", "yolo", "predict", "model=yolov8n-ema.yaml", f"source={ASSETS / 'bus.jpg'}",
+          "imgsz=64", "device=cpu", f"project={tmp_path}", "name=p", "save=True"], cwd=tmp_path)
+    assert (tmp_path / "p" / "bus.jpg").is_file()
 
 
 def test_train_through_the_stock_yolo_command(tiny_dataset, tmp_path):

@@ -115,3 +115,22 @@ def test_track_without_lap_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_lap)
     with pytest.raises(VideoError, match=r"ema-yolo\[track\]"):
         annotate_video("yolov8n-ema.yaml", _clip(tmp_path / "in.avi", 2), tmp_path / "o.mp4", track=True)
+
+
+def test_tracking_adds_track_ids(trained_checkpoint, tmp_path):
+    # The 1-epoch test model is unsure of everything: a ByteTrack config that starts tracks at any confidence.
+    from ultralytics.utils import ROOT
+
+    stock = (ROOT / "cfg" / "trackers" / "bytetrack.yaml").read_text().splitlines()
+    low = {"track_high_thresh": 0.001, "track_low_thresh": 0.0005, "new_track_thresh": 0.001}
+    lines = [f"{line.split(':')[0]}: {low[line.split(':')[0]]}" if line.split(":")[0] in low else line for line in stock]
+    (tmp_path / "tracker.yaml").write_text("\n".join(lines) + "\n")
+    clip = _clip(tmp_path / "in.avi", frames=6)
+    summary = annotate_video(trained_checkpoint, clip, tmp_path / "out.mp4", imgsz=64, conf=0.001, track=True,
+                             tracker=str(tmp_path / "tracker.yaml"), save_detections=tmp_path / "det.jsonl", progress=False)
+    assert summary["frames_written"] == 6
+    import json
+
+    rows = [json.loads(line) for line in (tmp_path / "det.jsonl").read_text().splitlines()]
+    assert rows and all(isinstance(r["track_id"], int) for r in rows if r["track_id"] is not None)
+    assert any(r["track_id"] is not None for r in rows)

@@ -46,6 +46,13 @@ def _window_indicators(n, like):
     return torch.stack((index < n - 1, index >= 0, index > 0), dim=1).to(like.dtype)
 
 
+def _group_conv(x, kernel, groups):
+    """Sum over each group's channels of a 3x3 conv with one kernel per channel: (B, C, H, W) -> (B, G, H, W)."""
+    b, c, h, w = x.shape
+    weight = kernel.repeat(groups, 1, 1).unsqueeze(1)  # (C, 1, 3, 3): a depthwise conv, fast on every backend
+    return F.conv2d(x, weight, padding=1, groups=c).view(b, groups, c // groups, h, w).sum(2)
+
+
 class EMA(nn.Module):
     """Efficient Multi-Scale Attention (Ouyang et al., ICASSP 2023, arXiv 2305.13563).
 
@@ -129,8 +136,8 @@ class EMA(nn.Module):
 
         # m = sum_k s1[k] conv3x3(z)[k] + sum_k s2[k] y1[k]. The first sum is one 3x3 kernel per input channel
         # (a depthwise conv, fast everywhere) summed over each group's channels.
-        kernel = torch.einsum("k,kjyx->jyx", s1, w3.to(acc)).to(x.dtype).repeat(g, 1, 1).unsqueeze(1)  # (C, 1, 3, 3)
-        m_conv = F.conv2d(x, kernel, padding=1, groups=self.channels).view(b, g, cg, h, w).sum(2)  # (B, G, H, W)
+        kernel = torch.einsum("k,kjyx->jyx", s1, w3.to(acc)).to(x.dtype)  # (cg, 3, 3), shared by all groups
+        m_conv = _group_conv(x, kernel, g)  # (B, G, H, W)
         m_norm = torch.matmul(s2.to(y1.dtype).view(b, g, 1, cg), y1.view(b, g, cg, h * w)).view(b, g, h, w)
         m = m_conv + m_norm + (s1 * b3.to(acc)).sum().to(x.dtype)
         return (z * torch.sigmoid(m).unsqueeze(2)).flatten(1, 2)
