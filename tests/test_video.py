@@ -134,3 +134,9 @@ def test_tracking_adds_track_ids(trained_checkpoint, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "det.jsonl").read_text().splitlines()]
     assert rows and all(isinstance(r["track_id"], int) for r in rows if r["track_id"] is not None)
     assert any(r["track_id"] is not None for r in rows)
+
+
+def test_avi_output_is_honoured(tmp_path):
+    clip = _clip(tmp_path / "in.avi", frames=3)
+    summary = annotate_video("yolov8n-ema.yaml", clip, tmp_path / "out.avi", imgsz=64, progress=False)
+    assert summary["output"] == str(tmp_path / "out.avi") and len(_decode(tmp_path / "out.avi")[0]) == 3

@@ -7,7 +7,7 @@ Every decoded frame is accounted for: the loop ends when OpenCV stops returning 
 a dropped stream finalises what was written so far.
 
 Container: MPEG-4 Part 2 ('mp4v') in .mp4, which OpenCV's bundled FFmpeg writes and common players open; if this
-OpenCV cannot open that writer, Motion-JPEG ('MJPG') in .avi next to the requested name.
+OpenCV cannot open that writer, Motion-JPEG ('MJPG') in .avi next to the requested name. Asking for .avi gives MJPG.
 """
 
 import csv
@@ -51,7 +51,9 @@ def _open_writer(output, fps, size):
     """Open the output writer on a temporary path; return (writer, temporary path, final path)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    for fourcc, suffix in (("mp4v", output.suffix if output.suffix.lower() in {".mp4", ".mov", ".m4v"} else ".mp4"), ("MJPG", ".avi")):
+    mp4 = ("mp4v", output.suffix if output.suffix.lower() in {".mp4", ".mov", ".m4v"} else ".mp4")
+    candidates = [("MJPG", ".avi"), mp4] if output.suffix.lower() == ".avi" else [mp4, ("MJPG", ".avi")]
+    for fourcc, suffix in candidates:
         final = output.with_suffix(suffix)
         tmp = final.with_name(f".{final.stem}.partial{suffix}")
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, size)
