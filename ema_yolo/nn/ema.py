@@ -64,8 +64,8 @@ class EMA(nn.Module):
       ONNX export is correct and the CUDA backward is deterministic;
     - the spatial mean of a GroupNorm(cg, cg) output is exactly its bias, so the first softmax is `softmax(gn.bias)`;
     - the 3x3 branch only enters as (a) its spatial mean, computed from border sums of the input, and (b) a
-      softmax-weighted sum over its output channels, which is one 3x3 convolution with a single output channel per
-      group;
+      softmax-weighted sum over its output channels, which is a depthwise 3x3 convolution (one kernel per input
+      channel, shared by the groups) summed over each group's channels: no cg -> cg convolution is ever run;
     - the GroupNorm branch only enters as a softmax-weighted channel sum, folded into one batched matmul.
 
     Group rule: EMA uses G = `factor` groups when `factor` divides `channels`; otherwise (including `channels <
@@ -140,4 +140,4 @@ class EMA(nn.Module):
         m_conv = _group_conv(x, kernel, g)  # (B, G, H, W)
         m_norm = torch.matmul(s2.to(y1.dtype).view(b, g, 1, cg), y1.view(b, g, cg, h * w)).view(b, g, h, w)
         m = m_conv + m_norm + (s1 * b3.to(acc)).sum().to(x.dtype)
-        return (z * torch.sigmoid(m).unsqueeze(2)).flatten(1, 2)
+        return (z * torch.sigmoid(m).to(x.dtype).unsqueeze(2)).flatten(1, 2)
