@@ -60,9 +60,9 @@ def bench_module(shapes, device="cpu", dtype=torch.float32, repeats=5, rounds=3)
         for _ in range(rounds):
             for name, module in (("reference", ref), ("fast", fast)):
                 with torch.no_grad():
-                    times.setdefault((name, "forward"), []).extend(_time(lambda: module(x), device, repeats))
+                    times.setdefault((name, "forward"), []).extend(_time(lambda m=module, x=x: m(x), device, repeats))
                 times.setdefault((name, "forward+backward"), []).extend(
-                    _time(lambda: module(x).sum().backward(), device, repeats)
+                    _time(lambda m=module, x=x: m(x).sum().backward(), device, repeats)
                 )
         ms = {key: statistics.median(v) * 1e3 for key, v in times.items()}
         rows.append(

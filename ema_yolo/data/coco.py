@@ -8,8 +8,7 @@ in `ignored/<stem>.txt` (`left top width height` pixels). An image listed withou
 import json
 from pathlib import Path
 
-from .output import ConversionError, Report, atomic_dir, box_to_yolo, place_image
-from .visdrone import dataset_yaml
+from .output import ConversionError, Report, atomic_dir, box_to_yolo, dataset_yaml, place_image
 
 __all__ = ("category_mapping", "convert_coco")
 

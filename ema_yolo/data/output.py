@@ -7,7 +7,7 @@ import sys
 import uuid
 from pathlib import Path
 
-__all__ = ("ConversionError", "Report", "atomic_dir", "box_to_yolo", "place_image")
+__all__ = ("ConversionError", "Report", "atomic_dir", "box_to_yolo", "dataset_yaml", "place_image")
 
 
 class ConversionError(Exception):
@@ -89,3 +89,14 @@ def box_to_yolo(x, y, w, h, width, height):
     if x1 <= x0 or y1 <= y0:
         return None
     return ((x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height)
+
+
+def dataset_yaml(root, splits, names):
+    """Return the text of an Ultralytics dataset YAML for `splits` (a dict split -> images folder, relative)."""
+    train = splits.get("train", next(iter(splits.values())))
+    val = splits.get("val", train)
+    lines = [f"path: {Path(root).resolve()}", f"train: {train}", f"val: {val}"]
+    if "test-dev" in splits or "test" in splits:
+        lines.append(f"test: {splits.get('test-dev', splits.get('test'))}")
+    lines += ["names:"] + [f"  {i}: {n}" for i, n in enumerate(names)]
+    return "\n".join(lines) + "\n"

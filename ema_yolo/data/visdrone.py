@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .output import ConversionError, Report, atomic_dir, box_to_yolo, place_image
+from .output import ConversionError, Report, atomic_dir, box_to_yolo, dataset_yaml, place_image
 
 __all__ = ("NAMES", "convert_visdrone", "parse_annotation")
 
@@ -183,17 +183,6 @@ def _convert_split(split, out, report):
         if ignored:
             (out / "ignored" / f"{stem}.txt").write_text("".join(" ".join(map(str, r)) + "\n" for r in ignored))
         report.count("images")
-
-
-def dataset_yaml(root, splits, names):
-    """Return the text of an Ultralytics dataset YAML for `splits` (a dict split -> images folder, relative)."""
-    train = splits.get("train", next(iter(splits.values())))
-    val = splits.get("val", train)
-    lines = [f"path: {Path(root).resolve()}", f"train: {train}", f"val: {val}"]
-    if "test-dev" in splits or "test" in splits:
-        lines.append(f"test: {splits.get('test-dev', splits.get('test'))}")
-    lines += ["names:"] + [f"  {i}: {n}" for i, n in enumerate(names)]
-    return "\n".join(lines) + "\n"
 
 
 def convert_visdrone(src, dst, overwrite=False):

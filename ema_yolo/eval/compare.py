@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .commands import model_predictions
 from .protocols import evaluate, load_ground_truth
 
 __all__ = ("count_gflops", "measure_latency", "run_compare", "variant_cfg")
@@ -146,8 +147,6 @@ def run_compare(data, family, scale, variants, out, epochs=100, imgsz=640, batch
             continue
         row = {"variant": variant, "model": cfg}
         if train:
-            from .commands import model_predictions
-
             best = _train(cfg, folder, settings, on_model)
             metrics = evaluate(gt, model_predictions(best, data, protocol, imgsz, device=device), protocol, str(best))
             row.update({k: round(v, 4) for k, v in metrics.items() if k != "per_class"})
