@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import ema_yolo
@@ -57,6 +58,23 @@ def test_parse_model_gives_attention_rows_their_input_channels():
     model, _ = parse_model(d, ch=3, verbose=False)
     assert model[1].channels == 48 and model[1].groups == 24  # 64 * 0.75 = 48 -> 24 groups of 2
     assert model[3].fc1.in_channels == model[4].fc1.in_channels == model[5].conv1.in_channels == 40  # 48*0.75 -> 40
+
+
+def test_registration_fails_clearly_if_ultralytics_changes(monkeypatch):
+    from ultralytics.nn import tasks
+
+    real = tasks.parse_model
+
+    def renamed_locals(d, ch, verbose=True):  # a parser whose locals no longer hold 'c2'
+        d = {**d, "backbone": [[f, n, m, ["c_out" if a == "c2" else a for a in args]] for f, n, m, args in d["backbone"]]}
+        return real(d, ch, verbose)
+
+    monkeypatch.setattr(tasks, "parse_model", renamed_locals)
+    with pytest.raises(RuntimeError, match=r"cannot hook into ultralytics .*EMA needs a positive int channel count"):
+        ema_yolo.register()
+    monkeypatch.setattr(tasks, "parse_model", lambda d, ch, verbose=True: (_ for _ in ()).throw(KeyError("EMA")))
+    with pytest.raises(RuntimeError, match=r"cannot hook into ultralytics .*KeyError: 'EMA'"):
+        ema_yolo.register()
 
 
 def test_every_yaml_at_every_scale_builds_and_runs():

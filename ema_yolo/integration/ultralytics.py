@@ -56,6 +56,25 @@ def _with_packaged_cfgs(check_file):
     return wrapper
 
 
+def _check_parse_model(tasks):
+    """Build a two-layer model through Ultralytics' parser: fail now, with a clear message, if the mechanism broke."""
+    import ultralytics
+
+    d = {"nc": 1, "backbone": [[-1, 1, "Conv", [64, 3, 2]], [-1, 1, "EMA", ["c2"]]], "head": []}
+    try:
+        layers, _ = tasks.parse_model(d, ch=3, verbose=False)
+        ok = isinstance(layers[1], EMA) and layers[1].channels == 64
+    except Exception as e:  # noqa: BLE001 - any failure here means the mechanism no longer works
+        ok, reason = False, f"{type(e).__name__}: {e}"
+    else:
+        reason = "the 'c2' argument did not resolve to the previous layer's channels"
+    if not ok:
+        raise RuntimeError(
+            f"ema-yolo cannot hook into ultralytics {ultralytics.__version__}: its model parser no longer resolves "
+            f"YAML layers the way ema-yolo relies on ({reason}). Install a supported version: pip install 'ultralytics>=8.4,<9'"
+        )
+
+
 def register():
     """Make EMA, CBAM, CA and SE resolvable in Ultralytics model YAMLs, and ema-yolo's YAMLs by bare name.
 
@@ -63,7 +82,8 @@ def register():
     `ULTRALYTICS_SAFE_LOAD=1`.
 
     Raises:
-        RuntimeError: If Ultralytics already defines one of these names as something else.
+        RuntimeError: If Ultralytics already defines one of these names as something else, or its model parser no
+            longer gives the layers their input channels (checked on a two-layer model, about a millisecond).
     """
     from ultralytics.nn import tasks
     from ultralytics.utils import checks
@@ -75,6 +95,7 @@ def register():
                 f"ultralytics.nn.tasks already defines {name!r} ({namespace[name]!r}); ema-yolo will not replace it"
             )
         namespace[name] = cls
+    _check_parse_model(tasks)
     if not hasattr(checks.check_file, "ema_yolo_wrapped"):
         checks.check_file = _with_packaged_cfgs(checks.check_file)
     torch.serialization.add_safe_globals(list(YAML_LAYERS.values()))
