@@ -140,3 +140,26 @@ def test_avi_output_is_honoured(tmp_path):
     clip = _clip(tmp_path / "in.avi", frames=3)
     summary = annotate_video("yolov8n-ema.yaml", clip, tmp_path / "out.avi", imgsz=64, progress=False)
     assert summary["output"] == str(tmp_path / "out.avi") and len(_decode(tmp_path / "out.avi")[0]) == 3
+
+
+def test_stream_url_and_a_stream_that_drops(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    clip = _clip(tmp_path / "in.avi", frames=8)
+    data = clip.read_bytes()
+    (tmp_path / "dropped.avi").write_bytes(data[: int(len(data) * 0.6)])  # the connection dies mid-file
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        summary = annotate_video("yolov8n-ema.yaml", f"{url}/in.avi", tmp_path / "out.mp4", imgsz=64, progress=False)
+        assert summary["frames_written"] == 8 == len(_decode(tmp_path / "out.mp4")[0])
+        summary = annotate_video("yolov8n-ema.yaml", f"{url}/dropped.avi", tmp_path / "drop.mp4", imgsz=64, progress=False)
+        assert 0 < summary["frames_written"] < 8 and summary["frames_written"] == summary["frames_decoded"]
+        assert len(_decode(tmp_path / "drop.mp4")[0]) == summary["frames_written"]  # finalised, plays
+    finally:
+        server.shutdown()
