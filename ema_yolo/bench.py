@@ -21,9 +21,11 @@ MODULE_SHAPES = {
 }
 
 
-def _time(fn, device, repeats):
-    """Return the per-call seconds of `fn` over `repeats` calls, after one warm-up call."""
-    fn()
+def time_calls(fn, device, repeats, warmup=1):
+    """Return the per-call seconds of `fn` over `repeats` calls, after `warmup` calls (CUDA work is synchronised)."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
     samples = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -60,9 +62,9 @@ def bench_module(shapes, device="cpu", dtype=torch.float32, repeats=5, rounds=3)
         for _ in range(rounds):
             for name, module in (("reference", ref), ("fast", fast)):
                 with torch.no_grad():
-                    times.setdefault((name, "forward"), []).extend(_time(lambda m=module, x=x: m(x), device, repeats))
+                    times.setdefault((name, "forward"), []).extend(time_calls(lambda m=module, x=x: m(x), device, repeats))
                 times.setdefault((name, "forward+backward"), []).extend(
-                    _time(lambda m=module, x=x: m(x).sum().backward(), device, repeats)
+                    time_calls(lambda m=module, x=x: m(x).sum().backward(), device, repeats)
                 )
         ms = {key: statistics.median(v) * 1e3 for key, v in times.items()}
         rows.append(

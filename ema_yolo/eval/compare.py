@@ -10,11 +10,11 @@ import argparse
 import csv
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from ..bench import time_calls
 from .commands import model_predictions
 from .protocols import evaluate, load_ground_truth
 
@@ -52,21 +52,11 @@ def count_gflops(model, imgsz):
 
 
 def measure_latency(model, imgsz, runs=20):
-    """Median milliseconds of a batch-1 forward pass at `imgsz` (after warm-up)."""
+    """Median milliseconds of a batch-1 forward pass at `imgsz` (after 3 warm-up passes)."""
     param = next(model.parameters())
     x = torch.zeros(1, 3, imgsz, imgsz, device=param.device, dtype=param.dtype)
-    times = []
     with torch.no_grad():
-        for i in range(runs + 3):
-            if param.is_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            model(x)
-            if param.is_cuda:
-                torch.cuda.synchronize()
-            if i >= 3:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        return statistics.median(time_calls(lambda: model(x), param.device, runs, warmup=3)) * 1e3
 
 
 def _train(cfg, folder, settings, on_model=None):

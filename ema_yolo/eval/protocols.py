@@ -208,24 +208,22 @@ def evaluate(gt, predictions, protocol="coco", source="predictions"):
             evaluator.summarize()
     precision, recall = evaluator.eval["precision"], evaluator.eval["recall"]  # [T, R, K, A, M], [T, K, A, M]
 
-    def ap(iou=None, area=0, m=-1):
-        p = precision[:, :, :, area, m] if iou is None else precision[evaluator.params.iouThrs == iou][:, :, :, area, m]
-        p = p[p > -1]
-        return float(p.mean()) if p.size else 0.0
+    def valid_mean(values):  # pycocotools marks "no ground truth here" with -1
+        values = values[values > -1]
+        return float(values.mean()) if values.size else 0.0
 
-    def ar(m, area=0):
-        r = recall[:, :, area, m]
-        r = r[r > -1]
-        return float(r.mean()) if r.size else 0.0
+    def ap(iou=None):
+        p = precision if iou is None else precision[np.isclose(evaluator.params.iouThrs, iou)]
+        return valid_mean(p[:, :, :, 0, -1])
 
     if protocol == "coco":
         metrics = dict(zip(COCO_KEYS, (max(float(v), 0.0) for v in evaluator.stats)))
     else:
-        metrics = {"AP": ap(), "AP50": ap(0.5), "AP75": ap(0.75), **{f"AR{m}": ar(i) for i, m in enumerate(max_dets)}}
-    per_class = {}
-    for k, category in enumerate(evaluator.params.catIds):
-        p = precision[:, :, k, 0, -1]
-        p = p[p > -1]
-        per_class[gt.names[gt.category_ids.index(category)]] = float(p.mean()) if p.size else 0.0
+        metrics = {"AP": ap(), "AP50": ap(0.5), "AP75": ap(0.75)}
+        metrics.update({f"AR{m}": valid_mean(recall[:, :, 0, i]) for i, m in enumerate(max_dets)})
+    per_class = {
+        gt.names[gt.category_ids.index(category)]: valid_mean(precision[:, :, k, 0, -1])
+        for k, category in enumerate(evaluator.params.catIds)
+    }
     metrics["per_class"] = per_class
     return metrics
