@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .nn import EMA, EMAReference
+from .nn import EMA, EMAReference, ema_groups
 
 # YOLOv8n and YOLOv8s neck feature maps at 640 px, batch 8 (the layers the EMA placements sit on).
 MODULE_SHAPES = {
@@ -54,7 +54,7 @@ def bench_module(shapes, device="cpu", dtype=torch.float32, repeats=5, rounds=3)
     device = torch.device(device)
     rows = []
     for shape in shapes:
-        ref = EMAReference(shape[1]).to(device, dtype)
+        ref = EMAReference(shape[1], ema_groups(shape[1])).to(device, dtype)  # the groups EMA falls back to
         fast = EMA(shape[1]).to(device, dtype)
         fast.load_state_dict(ref.state_dict())
         x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
@@ -116,6 +116,14 @@ def bench_video(model, source, imgsz=640, device=None, batch=4):
             "ours_fps": round(ours["frames_written"] / ours_s, 2), "speed-up": round(stock_s / ours_s * ours["frames_written"] / stock_frames, 2)}
 
 
+def _shape(text):
+    """Parse 'BxCxHxW' (e.g. 8x256x20x20) into a tuple of four positive ints."""
+    parts = text.lower().split("x")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"shape must look like 8x256x20x20 (B x C x H x W), got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
 def main(argv=None):
     """Command line: `ema-yolo bench module ...` or `ema-yolo bench video --model M --source V ...`."""
     parser = argparse.ArgumentParser(prog="ema-yolo bench", description=__doc__)
@@ -129,6 +137,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--json", default="bench_module.json", help="where to write the results")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to add fp32 and fp16 CUDA timings")
+    parser.add_argument("--shapes", nargs="+", type=_shape, metavar="BxCxHxW",
+                        help="module: input shapes (default: the YOLOv8n and YOLOv8s neck maps at 640 px, batch 8)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -140,7 +150,7 @@ def main(argv=None):
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
         return
-    shapes = [s for family in MODULE_SHAPES.values() for s in family]
+    shapes = args.shapes or [s for family in MODULE_SHAPES.values() for s in family]
     runs = [("cpu", torch.float32)]
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True

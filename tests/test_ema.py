@@ -32,6 +32,8 @@ def _pair(channels, factor, dtype=torch.float64, seed=0):
         ((2, 256, 4, 4), 32),
         ((1, 20, 9, 11), 4),
         ((2, 8, 3, 3), 1),
+        ((2, 512, 3, 5), 32),
+        ((1, 36, 5, 4), 4),
     ],
 )
 def test_matches_reference_forward_and_backward(shape, factor):
@@ -44,6 +46,51 @@ def test_matches_reference_forward_and_backward(shape, factor):
     g_fast = torch.autograd.grad(y_fast, [x, *fast.parameters()], grad_out)
     for a, b in zip(g_ref, g_fast):
         assert torch.allclose(b, a, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("x_grad,param_grad", [(True, False), (False, True)])
+def test_partial_gradients(x_grad, param_grad):
+    ref, fast = _pair(64, 16)
+    for p in (*ref.parameters(), *fast.parameters()):
+        p.requires_grad_(param_grad)
+    x = torch.randn(2, 64, 6, 5, dtype=torch.float64, requires_grad=x_grad)
+    wrt = [x] if x_grad else list(ref.parameters())
+    g_ref = torch.autograd.grad(ref(x).square().sum(), wrt)
+    g_fast = torch.autograd.grad(fast(x).square().sum(), [x] if x_grad else list(fast.parameters()))
+    for a, b in zip(g_ref, g_fast):
+        assert torch.allclose(b, a, atol=1e-9, rtol=0)
+
+
+def test_backward_runs_once_and_is_not_differentiable():
+    # The backward reuses a saved buffer: a second pass over a retained graph must fail loudly, never be wrong.
+    x = torch.randn(2, 64, 6, 6, requires_grad=True)
+    y = EMA(64)(x).sum()
+    torch.autograd.grad(y, x, retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        torch.autograd.grad(y, x)
+    (g,) = torch.autograd.grad(EMA(64)(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
+
+
+@pytest.mark.parametrize("channels,factor", [(48, 24), (256, 32), (36, 4), (16, 16)])
+def test_traced_graph_matches_eager_at_other_sizes(channels, factor):
+    # Exporters trace the plain ops (all taps at once, no scratch buffers); eager runs the autograd Function.
+    _, fast = _pair(channels, factor)
+    traced = torch.jit.trace(fast, torch.randn(2, channels, 8, 8, dtype=torch.float64), check_trace=False)
+    for shape in [(3, channels, 11, 5), (1, channels, 1, 1)]:
+        x = torch.randn(shape, dtype=torch.float64)
+        assert torch.allclose(traced(x), fast(x), atol=1e-12, rtol=0)
+
+
+def test_torch_compile_traces_the_function():
+    ref, fast = _pair(64, 32)
+    compiled = torch.compile(fast, backend="aot_eager")  # dynamo + AOTAutograd, no C++ toolchain needed
+    x = torch.randn(2, 64, 9, 7, dtype=torch.float64, requires_grad=True)
+    (g_ref,) = torch.autograd.grad(ref(x).square().sum(), x)
+    y = compiled(x)
+    (g,) = torch.autograd.grad(y.square().sum(), x)
+    assert torch.allclose(y, ref(x), atol=1e-9) and torch.allclose(g, g_ref, atol=1e-9)
 
 
 def test_parameters_and_state_dict_layout():
@@ -88,6 +135,15 @@ def test_autocast(dtype):
         y = fast(x.to(dtype))
     assert y.dtype == dtype and torch.isfinite(y).all()
     assert torch.allclose(y.float(), ref(x), atol=0.1, rtol=0.05)
+    x_low = x.to(dtype).requires_grad_()
+    with torch.autocast("cpu", dtype=dtype):
+        y = fast(x_low)
+    y.float().square().sum().backward()  # backward outside autocast, as in Ultralytics' trainer
+    y_ref = ref(x.requires_grad_())
+    y_ref.square().sum().backward()
+    assert x_low.grad.dtype == dtype and torch.allclose(x_low.grad.float(), x.grad, atol=0.1, rtol=0.05)
+    for p, q in zip(fast.parameters(), ref.parameters()):
+        assert p.grad.dtype == torch.float32 and torch.allclose(p.grad, q.grad, atol=0.2, rtol=0.05)
 
 
 def test_half_weights_bfloat16():
@@ -106,6 +162,10 @@ def test_layouts_and_degenerate_inputs():
     wide = torch.randn(2, 64, 7, 9, dtype=torch.float64).transpose(2, 3)  # non-contiguous
     assert torch.allclose(fast(wide), ref(wide.contiguous()), atol=1e-9)
     assert torch.allclose(fast(x[:1]), expected[:1], atol=1e-9)  # batch 1
+    x.requires_grad_()
+    (g_ref,) = torch.autograd.grad(ref(x).square().sum(), x)
+    (g,) = torch.autograd.grad(fast.to(memory_format=torch.channels_last)(x).square().sum(), x)  # 4-D weights too
+    assert torch.allclose(g, g_ref, atol=1e-9)
     for constant in (torch.zeros(1, 64, 5, 5), torch.full((1, 64, 1, 1), 3.0)):
         y = fast.float()(constant)
         assert torch.isfinite(y).all()

@@ -1,0 +1,215 @@
+"""EMA's forward and hand-derived backward as one autograd Function.
+
+Written for memory traffic: on CPU every fresh multi-megabyte tensor costs page faults that take longer than the
+arithmetic on it, so the forward allocates two full-size tensors (the normalised gate product, kept for backward,
+and the output) and the backward one, and the 3x3 branch's tap planes are written into buffers that are already
+owned. Only the equations of the published module are implemented; see `EMA` for what they are.
+
+Notation, per group (n = batch x groups): z (cg, h, w) is the input, g_h (cg, h) and g_w (cg, w) the sigmoid gates,
+t = z * g_h * g_w, xhat = (t - mean) * rstd the GroupNorm-normalised t, s1 = softmax(gn.bias), s2 = softmax over
+the spatial mean of conv3x3(z), K = sum_k s1[k] conv3x3.weight[k] (cg, 3, 3), and
+m = sum_k K[k] (*) z[k] + sum_k s2[k] (gn.weight[k] xhat[k] + gn.bias[k]) + sum_k s1[k] conv3x3.bias[k];
+the output is z * sigmoid(m).
+"""
+
+import torch
+from torch.autograd.function import once_differentiable
+
+__all__ = ("ema_forward", "EMAFunction")
+
+_TAPS = tuple(divmod(tap, 3) for tap in range(9))  # (dy, dx) of each 3x3 tap, row-major like the conv weight
+
+
+# For a tap offset d in {0, 1, 2} along one axis: (destination, source) slices such that destination index i pairs
+# with source index i + d - 1, i.e. zero padding of one on both sides.
+_SHIFTS = {0: (slice(1, None), slice(None, -1)), 1: (slice(None), slice(None)), 2: (slice(None, -1), slice(1, None))}
+
+
+def _tap_slices(dy, dx):
+    """Index tuples (dst, src) over (..., h, w) such that dst[i, j] pairs with src[i + dy - 1, j + dx - 1]."""
+    (dst_y, src_y), (dst_x, src_x) = _SHIFTS[dy], _SHIFTS[dx]
+    return (Ellipsis, dst_y, dst_x), (Ellipsis, src_y, src_x)
+
+
+def _tap_chunks(size):
+    """Split the 9 taps into chunks of at most `size` (a scratch buffer of cg planes holds cg tap planes)."""
+    return [list(range(9))[i : i + size] for i in range(0, 9, size)]
+
+
+def _add_conv_channel_sum(m, z, kernel, scratch=None):
+    """Add sum_k kernel[k] (*) z[k] (3x3 cross-correlation, zero padding) to m: z (n, cg, h, w), m (n, h, w).
+
+    Each tap's channel mix is one batched matmul (kernel taps x channels); the taps are then added shifted. `scratch`
+    (n * cg * h * w elements or more) receives the tap planes, cg at a time; without it (exports) they are allocated.
+    """
+    n, cg, h, w = z.shape
+    flat = z.view(n, cg, h * w)
+    for chunk in _tap_chunks(cg if scratch is not None else 9):
+        weight = kernel[:, chunk].t().expand(n, len(chunk), cg)
+        if scratch is None:
+            planes = torch.bmm(weight, flat)
+        else:
+            planes = torch.bmm(weight, flat, out=scratch.view(-1)[: n * len(chunk) * h * w].view(n, len(chunk), h * w))
+        planes = planes.view(n, len(chunk), h, w)
+        for i, tap in enumerate(chunk):
+            dst, src = _tap_slices(*_TAPS[tap])
+            m[dst] += planes[:, i][src]
+    return m
+
+
+def _conv_channel_sum_backward(dm, z, kernel, dz, scratch):
+    """Backward of `_add_conv_channel_sum`: add its input gradient to dz and return the kernel's gradient (cg, 9)."""
+    n, cg, h, w = z.shape
+    padded = torch.nn.functional.pad(dm, (1, 1, 1, 1))
+    flat, dz_flat, d_kernel = z.view(n, cg, h * w), dz.view(n, cg, h * w), kernel.new_empty(kernel.shape)
+    for chunk in _tap_chunks(cg):
+        planes = scratch.view(-1)[: n * len(chunk) * h * w].view(n, len(chunk), h, w)
+        for i, tap in enumerate(chunk):  # the output position each input position fed, for every tap
+            dy, dx = _TAPS[tap]
+            planes[:, i] = padded[:, 2 - dy : h + 2 - dy, 2 - dx : w + 2 - dx]
+        planes = planes.view(n, len(chunk), h * w)
+        # (taps, cg) then transposed: with a single tap this is the fast vector-on-the-left product
+        d_kernel[:, chunk] = torch.bmm(planes, flat.transpose(1, 2)).sum(0).t()
+        dz_flat.baddbmm_(kernel[:, chunk].expand(n, cg, len(chunk)), planes)
+    return d_kernel
+
+
+def ema_forward(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias):
+    """EMA of `x` (B, C, H, W) with `groups` groups; returns (output, tensors the backward needs).
+
+    Computes in float32 or wider whatever the input dtype (the output has the input's dtype), like autocast does
+    for GroupNorm and softmax.
+    """
+    b, c, h, w = x.shape  # symbolic in exports; the group counts are Python ints
+    g, cg = groups, c // groups
+    n = b * g
+    acc = torch.promote_types(x.dtype, torch.float32)
+    z = x.to(acc).reshape(n, cg, h, w).contiguous()  # contiguous whatever the input's layout: flat views below
+    gn_weight, gn_bias = gn_weight.to(acc), gn_bias.to(acc)
+    conv1x1_bias, conv3x3_bias = conv1x1_bias.to(acc), conv3x3_bias.to(acc)
+    w1, w3 = conv1x1_weight.to(acc).reshape(cg, cg), conv3x3_weight.to(acc)
+
+    # Directional pooling and the shared 1x1 conv: gates (n, cg, h) and (n, cg, w).
+    row_sum, col_sum = z.sum(3), z.sum(2)
+    pooled = torch.cat((row_sum / w, col_sum / h), -1)  # (n, cg, h + w), as the published code concatenates them
+    gates = torch.matmul(w1, pooled).add_(conv1x1_bias.unsqueeze(-1)).sigmoid_()
+    gate_h, gate_w = gates[..., :h], gates[..., h:]
+
+    # GroupNorm(cg, cg) of t = z * g_h * g_w without its affine part, computed in place (two-pass variance).
+    xhat = torch.mul(z, gate_h.unsqueeze(-1)).mul_(gate_w.unsqueeze(-2))
+    xhat.sub_(xhat.mean((2, 3), keepdim=True))
+    rstd = torch.rsqrt(torch.linalg.vector_norm(xhat, dim=(2, 3)).square_() / (h * w) + eps)  # (n, cg)
+    xhat.mul_(rstd.view(n, cg, 1, 1))
+
+    # The 3x3 branch's spatial mean from window sums of z: tap (a, b) sees every row but the last (a = 0) or the first
+    # (a = 2), and likewise columns. By inclusion-exclusion: total - excluded row - excluded column + their corner.
+    total, zero = row_sum.sum(2), torch.zeros_like(row_sum[..., 0])
+    row_out = torch.stack((row_sum[..., -1], zero, row_sum[..., 0]), -1)  # (n, cg, 3)
+    col_out = torch.stack((col_sum[..., -1], zero, col_sum[..., 0]), -1)
+    corners = (z[..., -1, -1], zero, z[..., -1, 0], zero, zero, zero, z[..., 0, -1], zero, z[..., 0, 0])
+    taps = torch.stack(corners, -1).view(n, cg, 3, 3) - row_out.unsqueeze(-1) - col_out.unsqueeze(-2)
+    taps += total.view(n, cg, 1, 1)  # (n, cg, 3, 3)
+    s2 = torch.softmax(torch.mm(taps.view(n, cg * 9), w3.reshape(cg, cg * 9).t()) / (h * w) + conv3x3_bias, 1)
+    s1 = torch.softmax(gn_bias, 0)  # the spatial mean of gn(.) is exactly its bias
+    kernel = torch.einsum("k,kjyx->jyx", s1, w3).reshape(cg, 9)
+
+    # m = s2-weighted sum of gn(t) + s1-weighted sum of conv3x3(z); the latter is one 3x3 kernel per input channel.
+    const = (s2 * gn_bias).sum(1) + (s1 * conv3x3_bias).sum()
+    m = torch.bmm((s2 * gn_weight).unsqueeze(1), xhat.view(n, cg, h * w)).view(n, h, w).add_(const.view(n, 1, 1))
+    exporting = torch.jit.is_tracing() or torch.jit.is_scripting()
+    out = None if exporting else torch.empty_like(z)  # doubles as the tap planes' scratch before it holds the output
+    sig = _add_conv_channel_sum(m, z, kernel, scratch=out).sigmoid_()
+    out = torch.mul(z, sig.unsqueeze(1)) if exporting else torch.mul(z, sig.unsqueeze(1), out=out)
+    saved = (z, xhat, gates, sig, s1, s2, rstd, taps, pooled, kernel, gn_weight, gn_bias, w1, w3, conv3x3_bias)
+    return out.view(b, c, h, w).to(x.dtype), saved
+
+
+class EMAFunction(torch.autograd.Function):
+    """EMA with a hand-derived backward; `EMA` calls it. Inputs as `ema_forward`; gradients in the inputs' dtypes."""
+
+    @staticmethod
+    def forward(ctx, x, groups, eps, *params):
+        """Run `ema_forward` (autocast off: it computes in float32 or wider) and keep what the backward needs."""
+        with torch.autocast(x.device.type, enabled=False):
+            out, saved = ema_forward(x, groups, eps, *params)
+        ctx.save_for_backward(*saved)
+        ctx.x_meta = x.shape, x.dtype
+        ctx.param_meta = [(p.shape, p.dtype) for p in params]
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        """Gradients of x and the six parameters (the two ints get None)."""
+        with torch.autocast(grad_out.device.type, enabled=False):
+            grads = _backward(ctx, grad_out)
+        (x_shape, x_dtype), metas = ctx.x_meta, ctx.param_meta
+        return grads[0].view(x_shape).to(x_dtype), None, None, *(g.view(s).to(d) for g, (s, d) in zip(grads[1:], metas))
+
+
+def _backward(ctx, grad_out):
+    """EMA's backward, written out (derivation in comments). Reuses the saved xhat's memory: backward runs once."""
+    z, xhat, gates, sig, s1, s2, rstd, taps, pooled, kernel, gn_w, gn_b, w1, w3, b3 = ctx.saved_tensors
+    n, cg, h, w = z.shape
+    gate_h, gate_w = gates[..., :h], gates[..., h:]
+    hw = h * w
+    go = grad_out.to(z.dtype).reshape(n, cg, h, w)
+
+    # out = z * sigmoid(m): dm = sum_k go * z * sig'(m); the direct term go * sig starts dz.
+    buf = torch.mul(go, z, out=torch.empty_like(z))  # the backward's only full-size allocation (contiguous)
+    dm = torch.ops.aten.sigmoid_backward(buf.sum(1), sig)  # (n, h, w)
+    d_sum = dm.sum((1, 2))  # (n,)
+
+    # GroupNorm branch, m += sum_k s2[k] (gamma[k] xhat[k] + beta[k]): GroupNorm's backward with dy[k] = s2[k] dm.
+    # sum_p dm * xhat[k]; batched matrix-vector products run several times faster with the vector on the left
+    xhat_dm = torch.bmm(dm.view(n, 1, hw), xhat.view(n, cg, hw).transpose(1, 2)).view(n, cg)
+    d_s2 = gn_w * xhat_dm + gn_b * d_sum.unsqueeze(1)
+    d_gn_w, d_gn_b = (s2 * xhat_dm).sum(0), (s2 * d_sum.unsqueeze(1)).sum(0)
+    a = (gn_w * rstd * s2).view(n, cg, 1, 1)
+    # dt = a (dm - mean(dm) - xhat mean(dm xhat)), written over xhat
+    dt = torch.addcmul(a * (d_sum / -hw).view(n, 1, 1, 1), xhat, a * (xhat_dm / -hw).view(n, cg, 1, 1), out=xhat)
+    dt.addcmul_(a, dm.unsqueeze(1))
+
+    # t = z * g_h * g_w
+    prod = torch.mul(dt, z, out=buf)
+    d_gates = torch.cat(  # (n, cg, h + w)
+        (
+            torch.matmul(gate_w.unsqueeze(-2), prod.transpose(-1, -2)).squeeze(-2),
+            torch.matmul(gate_h.unsqueeze(-2), prod).squeeze(-2),
+        ),
+        -1,
+    )
+    dz = torch.mul(go, sig.unsqueeze(1), out=buf)
+    dz.addcmul_(dt.mul_(gate_h.unsqueeze(-1)), gate_w.unsqueeze(-2))
+
+    # 3x3 branch, m += sum_k K[k] (*) z[k] with K = sum_k s1[k] conv3x3.weight[k]; dt's memory is free scratch now.
+    d_kernel = _conv_channel_sum_backward(dm, z, kernel, dz, scratch=dt).view(cg, 3, 3)
+    d_s1 = torch.einsum("kjyx,jyx->k", w3, d_kernel) + b3 * d_sum.sum()
+    d_w3 = s1.view(cg, 1, 1, 1) * d_kernel
+    d_b3 = s1 * d_sum.sum()
+
+    # Gates: g = sigmoid(conv1x1(pooled)), the same 1x1 conv for both directions.
+    d_act = torch.ops.aten.sigmoid_backward(d_gates, gates)
+    d_w1 = torch.bmm(d_act, pooled.transpose(1, 2)).sum(0)
+    d_b1 = d_act.sum((0, 2))
+    d_pooled = torch.matmul(w1.t(), d_act)
+
+    # Softmaxes: s2 over the 3x3 branch's spatial mean, s1 over gn.bias.
+    d_mean = s2 * (d_s2 - (s2 * d_s2).sum(1, keepdim=True))  # (n, cg)
+    d_b3 = d_b3 + d_mean.sum(0)
+    d_w3 = d_w3 + torch.einsum("nk,njyx->kjyx", d_mean, taps) / hw
+    d_taps = torch.einsum("nk,kjyx->njyx", d_mean, w3) / hw  # (n, cg, 3, 3)
+    d_gn_b = d_gn_b + s1 * (d_s1 - (s1 * d_s1).sum())
+
+    # Pooling and window sums are linear in z: dz[i, j] += d_h[i] + d_w[j] per channel, plus the four corners.
+    # Window sums, by the forward's inclusion-exclusion: every tap reads the total, less a border row and column.
+    d_h, d_w = d_pooled[..., :h].div_(w), d_pooled[..., h:].div_(h)  # (n, cg, h), (n, cg, w), views
+    d_h += d_taps.sum((2, 3)).unsqueeze(-1)
+    d_h[..., -1] -= d_taps[:, :, 0].sum(-1)
+    d_h[..., 0] -= d_taps[:, :, 2].sum(-1)
+    d_w[..., -1] -= d_taps[..., 0].sum(-1)
+    d_w[..., 0] -= d_taps[..., 2].sum(-1)
+    dz.add_(d_h.unsqueeze(-1)).add_(d_w.unsqueeze(-2))
+    for (i, j), (ty, tx) in zip(((-1, -1), (-1, 0), (0, -1), (0, 0)), ((0, 0), (0, 2), (2, 0), (2, 2))):
+        dz[..., i, j] += d_taps[..., ty, tx]
+    return dz, d_gn_w, d_gn_b, d_w1, d_b1, d_w3, d_b3
