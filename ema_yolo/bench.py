@@ -1,5 +1,6 @@
 """Benchmarks, measured side by side in one process: `ema-yolo bench module` (fast EMA vs the published operator
-structure) and `ema-yolo bench video` (`ema-yolo video` vs the stock `yolo predict source=VIDEO save=True`).
+structure), `ema-yolo bench step` (a whole model's training step: baseline, with EMA, and with the published EMA) and
+`ema-yolo bench video` (`ema-yolo video` vs the stock `yolo predict source=VIDEO save=True`).
 
 Ratios, not absolute times, are the result: both modules run interleaved in one process, so machine noise hits both.
 """
@@ -82,6 +83,75 @@ def bench_module(shapes, device="cpu", dtype=torch.float32, repeats=5, rounds=3)
     return rows
 
 
+def with_reference_ema(model):
+    """A copy of an Ultralytics model in which every `EMA` is replaced by an `EMAReference` with the same weights."""
+    import copy
+
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, EMA):
+                ref = EMAReference(child.channels, child.groups).to(next(child.parameters()))
+                ref.load_state_dict(child.state_dict())
+                ref.__dict__.update({k: v for k, v in vars(child).items() if k in ("f", "i", "type", "np")})
+                setattr(parent, name, ref)
+    return model
+
+
+def _training_step(model, x):
+    """Forward in training mode and backward of the summed squares of every head output (no optimizer, no loss
+    assignment: what differs between the variants is the network, not the loss)."""
+    outputs, stack = [], [model(x)]
+    while stack:
+        item = stack.pop()
+        if torch.is_tensor(item):
+            outputs.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    sum(t.float().square().mean() for t in outputs if t.requires_grad).backward()
+
+
+def bench_step(family="yolov5-p2", scale="s", imgsz=640, batch=2, device="cpu", repeats=2, rounds=3):
+    """Seconds per training step of the baseline model, the EMA model, and the EMA model with the published EMA.
+
+    Args:
+        family (str): Model family of `ema-yolo compare` (e.g. 'yolov5-p2', the paper's VisDrone placement).
+        scale (str): Model scale, one of n, s, m, l, x.
+        imgsz (int): Square input size.
+        batch (int): Images per step.
+        device (str): Torch device.
+        repeats (int): Timed steps per round (after one warm-up step).
+        rounds (int): Interleaved rounds; the median over all steps is reported.
+
+    Returns:
+        (dict): Seconds per step for each variant, and the EMA variants' cost over the baseline.
+    """
+    from ultralytics.nn.tasks import DetectionModel
+
+    from . import register
+    from .eval.compare import variant_cfg  # compare imports this module
+
+    register()
+    torch.manual_seed(0)
+    baseline = DetectionModel(variant_cfg(family, scale, "baseline"), verbose=False).to(device).train()
+    ema = DetectionModel(variant_cfg(family, scale, "ema"), verbose=False).to(device).train()
+    models = {"baseline": baseline, "EMA": ema, "EMAReference": with_reference_ema(ema)}
+    x = torch.randn(batch, 3, imgsz, imgsz, device=device)
+    times = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name] += time_calls(lambda m=model: _training_step(m, x), device, repeats)
+    s = {name: statistics.median(v) for name, v in times.items()}
+    return {
+        "model": variant_cfg(family, scale, "ema"), "imgsz": imgsz, "batch": batch, "device": str(device),
+        **{f"{name} s/step": round(v, 3) for name, v in s.items()},
+        "EMA cost": f"{(s['EMA'] / s['baseline'] - 1) * 100:+.1f}%",
+        "EMAReference cost": f"{(s['EMAReference'] / s['baseline'] - 1) * 100:+.1f}%",
+    }
+
+
 def format_table(rows):
     """Render benchmark rows as a Markdown table."""
     keys = list(rows[0])
@@ -126,26 +196,40 @@ def _shape(text):
 
 def main(argv=None):
     """Command line: `ema-yolo bench module ...` or `ema-yolo bench video --model M --source V ...`."""
+    from .eval.compare import FAMILIES
+
     parser = argparse.ArgumentParser(prog="ema-yolo bench", description=__doc__)
-    parser.add_argument("what", choices=["module", "video"], help="what to benchmark")
+    parser.add_argument("what", choices=["module", "step", "video"], help="what to benchmark")
     parser.add_argument("--model", help="video: model to run")
     parser.add_argument("--source", help="video: video file")
-    parser.add_argument("--imgsz", type=int, default=640, help="video: inference size")
-    parser.add_argument("--batch", type=int, default=4, help="video: frames per inference call (ours)")
+    parser.add_argument(
+        "--family", default="yolov5-p2", choices=FAMILIES, help="step: model family (default: the paper's VisDrone one)"
+    )
+    parser.add_argument("--scale", default="s", choices=list("nsmlx"), help="step: model scale")
+    parser.add_argument("--imgsz", type=int, default=640, help="video, step: input size")
+    parser.add_argument("--batch", type=int, help="video: frames per inference call (4); step: images per step (2)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per round")
+    parser.add_argument("--repeats", type=int, help="timed calls per round (module 5, step 2)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--json", default="bench_module.json", help="where to write the results")
+    parser.add_argument("--json", help="where to write the results (default bench_<what>.json)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to add fp32 and fp16 CUDA timings")
     parser.add_argument("--shapes", nargs="+", type=_shape, metavar="BxCxHxW",
                         help="module: input shapes (default: the YOLOv8n and YOLOv8s neck maps at 640 px, batch 8)")
     args = parser.parse_args(argv)
+    args.json = args.json or f"bench_{args.what}.json"
 
     torch.set_num_threads(args.threads)
-    if args.what == "video":
-        if not (args.model and args.source):
+    if args.what in ("video", "step"):
+        if args.what == "video" and not (args.model and args.source):
             parser.error("video needs --model and --source")
-        result = bench_video(args.model, args.source, args.imgsz, None if args.device == "cpu" else args.device, args.batch)
+        device = None if args.device == "cpu" else args.device
+        result = (
+            bench_video(args.model, args.source, args.imgsz, device, args.batch or 4)
+            if args.what == "video"
+            else bench_step(
+                args.family, args.scale, args.imgsz, args.batch or 2, args.device, args.repeats or 2, args.rounds
+            )
+        )
         print(format_table([result]))
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
@@ -157,7 +241,7 @@ def main(argv=None):
         runs += [(args.device, torch.float32), (args.device, torch.float16)]
     rows = []
     for device, dtype in runs:
-        rows += bench_module(shapes, device, dtype, args.repeats, args.rounds)
+        rows += bench_module(shapes, device, dtype, args.repeats or 5, args.rounds)
     print(format_table(rows))
     with open(args.json, "w") as f:
         json.dump({"torch": torch.__version__, "threads": args.threads, "rows": rows}, f, indent=2)

@@ -24,3 +24,26 @@ def test_bench_rejects_a_malformed_shape(capsys):
         main(["module", "--shapes", "8x256x20"])
     assert exit_info.value.code == 2
     assert "shape must look like 8x256x20x20" in capsys.readouterr().err
+
+
+def test_step_bench_swaps_in_the_published_ema_with_the_same_weights(tmp_path):
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from ema_yolo.bench import with_reference_ema
+    from ema_yolo.nn import EMA, EMAReference
+
+    model = DetectionModel("yolov8n-ema.yaml", verbose=False).eval()
+    swapped = with_reference_ema(model)
+    kinds = lambda m: [type(x) for x in m.modules() if isinstance(x, (EMA, EMAReference))]  # noqa: E731
+    assert kinds(model) == [EMA, EMA] and kinds(swapped) == [EMAReference, EMAReference]
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.allclose(swapped(x)[0], model(x)[0], atol=1e-4, rtol=1e-4)
+
+    out = tmp_path / "step.json"
+    main(["step", "--family", "yolov8", "--scale", "n", "--imgsz", "64", "--batch", "1", "--repeats", "1",
+          "--rounds", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["model"] == "yolov8n-ema.yaml" and result["baseline s/step"] > 0
+    assert result["EMAReference cost"].endswith("%")
