@@ -146,12 +146,17 @@ def test_autocast(dtype):
         assert p.grad.dtype == torch.float32 and torch.allclose(p.grad, q.grad, atol=0.2, rtol=0.05)
 
 
-def test_half_weights_bfloat16():
-    # Ultralytics stores checkpoints in half precision; half matmuls need bf16 on CPU
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_weights(dtype):
+    # Ultralytics stores checkpoints in half precision; EMA computes in float32 inside, so float16 works on CPU too
     ref, fast = _pair(64, 32, torch.float32)
     x = torch.randn(2, 64, 8, 8)
-    y = fast.to(torch.bfloat16)(x.to(torch.bfloat16))
-    assert y.dtype == torch.bfloat16 and torch.allclose(y.float(), ref(x), atol=0.1, rtol=0.05)
+    fast = fast.to(dtype)
+    x_half = x.to(dtype).requires_grad_()
+    y = fast(x_half)
+    assert y.dtype == dtype and torch.allclose(y.float(), ref(x), atol=0.05, rtol=0.05)
+    y.float().square().sum().backward()
+    assert x_half.grad.dtype == dtype and all(p.grad.dtype == dtype for p in fast.parameters())
 
 
 def test_layouts_and_degenerate_inputs():
@@ -166,6 +171,10 @@ def test_layouts_and_degenerate_inputs():
     (g_ref,) = torch.autograd.grad(ref(x).square().sum(), x)
     (g,) = torch.autograd.grad(fast.to(memory_format=torch.channels_last)(x).square().sum(), x)  # 4-D weights too
     assert torch.allclose(g, g_ref, atol=1e-9)
+    meta = torch.empty(2, 64, 9, 7, device="meta", requires_grad=True)  # shape inference, as FLOP counters use
+    y = EMA(64).to("meta")(meta)
+    y.sum().backward()
+    assert y.shape == meta.grad.shape == meta.shape
     for constant in (torch.zeros(1, 64, 5, 5), torch.full((1, 64, 1, 1), 3.0)):
         y = fast.float()(constant)
         assert torch.isfinite(y).all()

@@ -12,6 +12,8 @@ m = sum_k K[k] (*) z[k] + sum_k s2[k] (gn.weight[k] xhat[k] + gn.bias[k]) + sum_
 the output is z * sigmoid(m).
 """
 
+import contextlib
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -124,13 +126,22 @@ def ema_forward(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias
     return out.view(b, c, h, w).to(x.dtype), saved
 
 
+def _autocast_off(device_type):
+    """Turn autocast off on `device_type` where it is on: the EMA math casts to float32 or wider by itself."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # device types autocast does not know, e.g. 'meta' (shape inference, FLOP counters)
+        enabled = False
+    return torch.autocast(device_type, enabled=False) if enabled else contextlib.nullcontext()
+
+
 class EMAFunction(torch.autograd.Function):
     """EMA with a hand-derived backward; `EMA` calls it. Inputs as `ema_forward`; gradients in the inputs' dtypes."""
 
     @staticmethod
     def forward(ctx, x, groups, eps, *params):
         """Run `ema_forward` (autocast off: it computes in float32 or wider) and keep what the backward needs."""
-        with torch.autocast(x.device.type, enabled=False):
+        with _autocast_off(x.device.type):
             out, saved = ema_forward(x, groups, eps, *params)
         ctx.save_for_backward(*saved)
         ctx.x_meta = x.shape, x.dtype
@@ -141,7 +152,7 @@ class EMAFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         """Gradients of x and the six parameters (the two ints get None)."""
-        with torch.autocast(grad_out.device.type, enabled=False):
+        with _autocast_off(grad_out.device.type):
             grads = _backward(ctx, grad_out)
         (x_shape, x_dtype), metas = ctx.x_meta, ctx.param_meta
         return grads[0].view(x_shape).to(x_dtype), None, None, *(g.view(s).to(d) for g, (s, d) in zip(grads[1:], metas))
