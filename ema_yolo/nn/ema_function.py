@@ -76,11 +76,15 @@ def _conv_channel_sum_backward(dm, z, kernel, dz, scratch):
     return d_kernel
 
 
-def ema_forward(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias):
+def ema_forward(
+    x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias,
+    *, reuse_buffers=False,
+):
     """EMA of `x` (B, C, H, W) with `groups` groups; returns (output, tensors the backward needs).
 
     Computes in float32 or wider whatever the input dtype (the output has the input's dtype), like autocast does
-    for GroupNorm and softmax.
+    for GroupNorm and softmax. `reuse_buffers` writes the tap planes into the output's memory before the output
+    (`out=` ops); exporters trace the default, plain ops.
     """
     b, c, h, w = x.shape  # symbolic in exports; the group counts are Python ints
     g, cg = groups, c // groups
@@ -118,10 +122,9 @@ def ema_forward(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias
     # m = s2-weighted sum of gn(t) + s1-weighted sum of conv3x3(z); the latter is one 3x3 kernel per input channel.
     const = (s2 * gn_bias).sum(1) + (s1 * conv3x3_bias).sum()
     m = torch.bmm((s2 * gn_weight).unsqueeze(1), xhat.view(n, cg, h * w)).view(n, h, w).add_(const.view(n, 1, 1))
-    exporting = torch.jit.is_tracing() or torch.jit.is_scripting()
-    out = None if exporting else torch.empty_like(z)  # doubles as the tap planes' scratch before it holds the output
+    out = torch.empty_like(z) if reuse_buffers else None  # the tap planes' scratch before it holds the output
     sig = _add_conv_channel_sum(m, z, kernel, scratch=out).sigmoid_()
-    out = torch.mul(z, sig.unsqueeze(1)) if exporting else torch.mul(z, sig.unsqueeze(1), out=out)
+    out = torch.mul(z, sig.unsqueeze(1), out=out) if reuse_buffers else torch.mul(z, sig.unsqueeze(1))
     saved = (z, xhat, gates, sig, s1, s2, rstd, taps, pooled, kernel, gn_weight, gn_bias, w1, w3, conv3x3_bias)
     return out.view(b, c, h, w).to(x.dtype), saved
 
@@ -142,7 +145,7 @@ class EMAFunction(torch.autograd.Function):
     def forward(ctx, x, groups, eps, *params):
         """Run `ema_forward` (autocast off: it computes in float32 or wider) and keep what the backward needs."""
         with _autocast_off(x.device.type):
-            out, saved = ema_forward(x, groups, eps, *params)
+            out, saved = ema_forward(x, groups, eps, *params, reuse_buffers=True)
         ctx.save_for_backward(*saved)
         ctx.x_meta = x.shape, x.dtype
         ctx.param_meta = [(p.shape, p.dtype) for p in params]
