@@ -135,8 +135,9 @@ def bench_step(family="yolov5-p2", scale="s", imgsz=640, batch=2, device="cpu", 
 
     register()
     torch.manual_seed(0)
+    ema_cfg = variant_cfg(family, scale, "ema")
     baseline = DetectionModel(variant_cfg(family, scale, "baseline"), verbose=False).to(device).train()
-    ema = DetectionModel(variant_cfg(family, scale, "ema"), verbose=False).to(device).train()
+    ema = DetectionModel(ema_cfg, verbose=False).to(device).train()
     models = {"baseline": baseline, "EMA": ema, "EMAReference": with_reference_ema(ema)}
     x = torch.randn(batch, 3, imgsz, imgsz, device=device)
     times = {name: [] for name in models}
@@ -145,7 +146,7 @@ def bench_step(family="yolov5-p2", scale="s", imgsz=640, batch=2, device="cpu", 
             times[name] += time_calls(lambda m=model: _training_step(m, x), device, repeats)
     s = {name: statistics.median(v) for name, v in times.items()}
     return {
-        "model": variant_cfg(family, scale, "ema"), "imgsz": imgsz, "batch": batch, "device": str(device),
+        "model": ema_cfg, "imgsz": imgsz, "batch": batch, "device": str(device),
         **{f"{name} s/step": round(v, 3) for name, v in s.items()},
         "EMA cost": f"{(s['EMA'] / s['baseline'] - 1) * 100:+.1f}%",
         "EMAReference cost": f"{(s['EMAReference'] / s['baseline'] - 1) * 100:+.1f}%",
