@@ -62,13 +62,13 @@ def _add_conv_channel_sum(m, z, kernel, scratch=None):
 def _conv_channel_sum_backward(dm, z, kernel, dz, scratch):
     """Backward of `_add_conv_channel_sum`: add its input gradient to dz and return the kernel's gradient (cg, 9)."""
     n, cg, h, w = z.shape
-    padded = torch.nn.functional.pad(dm, (1, 1, 1, 1))
     flat, dz_flat, d_kernel = z.view(n, cg, h * w), dz.view(n, cg, h * w), kernel.new_empty(kernel.shape)
     for chunk in _tap_chunks(cg):
-        planes = scratch.view(-1)[: n * len(chunk) * h * w].view(n, len(chunk), h, w)
-        for i, tap in enumerate(chunk):  # the output position each input position fed, for every tap
+        planes = scratch.view(-1)[: n * len(chunk) * h * w].view(n, len(chunk), h, w).zero_()
+        for i, tap in enumerate(chunk):  # the output position each input position fed: the mirrored shift
             dy, dx = _TAPS[tap]
-            planes[:, i] = padded[:, 2 - dy : h + 2 - dy, 2 - dx : w + 2 - dx]
+            dst, src = _tap_slices(2 - dy, 2 - dx)
+            planes[:, i][dst] = dm[src]
         planes = planes.view(n, len(chunk), h * w)
         # (taps, cg) then transposed: with a single tap this is the fast vector-on-the-left product
         d_kernel[:, chunk] = torch.bmm(planes, flat.transpose(1, 2)).sum(0).t()
