@@ -31,3 +31,35 @@ def trained_checkpoint(tiny_dataset, tmp_path_factory):
         project=str(out), name="run", verbose=False,
     )
     return out / "run" / "weights" / "best.pt"
+
+
+def _stock_checkpoint(path, cfg, nc=80, seed=0):
+    """Save a stock (ema-yolo-free) model of `cfg` with random tensors as Ultralytics does (half precision).
+
+    No pretrained weights can be downloaded here; random tensors make every tensor distinctive, so a misplaced one
+    cannot pass for the right one. BatchNorm variances stay positive so the model computes finite outputs.
+    """
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(seed)
+    model = DetectionModel(cfg, nc=nc, verbose=False)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.uniform_(0.5, 1.5) if name.endswith("running_var") else t.uniform_(-1, 1)
+    model.names = {i: f"class{i}" for i in range(nc)}
+    torch.save({"model": model.half(), "train_args": {}}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_stock_checkpoint():
+    """The function that saves a random stock checkpoint: (path, cfg, nc=80, seed=0) -> path."""
+    return _stock_checkpoint
+
+
+@pytest.fixture(scope="session")
+def stock_yolov8n_nc3(tmp_path_factory):
+    """A random stock yolov8n checkpoint with the 3 classes of `tiny_dataset`."""
+    return _stock_checkpoint(tmp_path_factory.mktemp("stock") / "yolov8n-nc3.pt", "yolov8n.yaml", nc=3, seed=1)

@@ -30,7 +30,7 @@ def test_gflops_counter_sees_functional_ops():
     assert count_gflops(Functional(), 4) * 1e9 == pytest.approx(2 * 3 * 16 * 32 + 3 * 32)
 
 
-def test_compare_end_to_end_with_resume(tiny_dataset, tmp_path):
+def test_compare_end_to_end_with_resume(tiny_dataset, stock_yolov8n_nc3, tmp_path):
     interrupted = []
 
     def interrupt_ema_after_first_epoch(model):
@@ -41,7 +41,7 @@ def test_compare_end_to_end_with_resume(tiny_dataset, tmp_path):
 
             model.add_callback("on_fit_epoch_end", stop)
 
-    kwargs = dict(epochs=2, imgsz=64, batch=8, device="cpu", workers=0, protocol="coco")
+    kwargs = dict(epochs=2, imgsz=64, batch=8, device="cpu", workers=0, protocol="coco", pretrained=stock_yolov8n_nc3)
     with pytest.raises(KeyboardInterrupt):
         run_compare(tiny_dataset, "yolov8", "n", ["baseline", "ema"], tmp_path / "cmp", on_model=interrupt_ema_after_first_epoch, **kwargs)
     assert interrupted == [0] and (tmp_path / "cmp" / "baseline" / "done.json").is_file()
@@ -53,6 +53,8 @@ def test_compare_end_to_end_with_resume(tiny_dataset, tmp_path):
     epochs_run = (tmp_path / "cmp" / "ema" / "results.csv").read_text().strip().splitlines()[1:]
     assert len(epochs_run) == 2  # resumed at epoch 2, not restarted
     assert [r["variant"] for r in rows] == ["baseline", "ema"]
+    assert [r["transferred"] for r in rows] == [1.0, 1.0]  # every stock value landed in both, recorded before the resume
+    assert json.loads((tmp_path / "cmp" / "ema" / "transfer.json").read_text())["new_layers"] == ["model.7 EMA", "model.10 EMA"]
     assert rows[1]["params"] - rows[0]["params"] == (10 * 4**2 + 4 * 4) + (10 * 8**2 + 4 * 8)  # yolov8n: EMA(128), EMA(256)
     for row in rows:
         assert 0.0 <= row["AP"] <= 1.0 and row["GFLOPs"] > 0 and row["latency_ms"] > 0

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..bench import time_calls
+from ..integration.transfer import transfer_report
 from .commands import model_predictions
 from .protocols import evaluate, load_ground_truth
 
@@ -60,7 +61,11 @@ def measure_latency(model, imgsz, runs=20):
 
 
 def _train(cfg, folder, settings, on_model=None):
-    """Train (or resume) one variant into `folder`; return the path of best.pt."""
+    """Train (or resume) one variant into `folder`; return the path of best.pt.
+
+    With a pretrained checkpoint, the share of it that landed in this variant is written to `transfer.json` when
+    training starts (a resumed run keeps the first start's record).
+    """
     from ultralytics import YOLO
 
     last = folder / "weights" / "last.pt"
@@ -71,8 +76,21 @@ def _train(cfg, folder, settings, on_model=None):
     if resume:
         model.train(resume=True)
     else:
+        if settings["pretrained"]:
+            model.add_callback("on_pretrain_routine_end", lambda trainer: _record_transfer(trainer, folder))
         model.train(**settings, project=str(folder.parent), name=folder.name, exist_ok=True)
     return folder / "weights" / "best.pt"
+
+
+def _record_transfer(trainer, folder):
+    report = transfer_report(trainer.model)
+    if report is None:  # not an Ultralytics checkpoint: Ultralytics' own load reported on it
+        return
+    (t, tt), (v, vt) = report.tensors, report.values
+    record = {"tensors": f"{t}/{tt}", "values": f"{v}/{vt}", "transferred": round(v / vt, 4),
+              "new_layers": [f"model.{i} {name}" for i, name in report.new_layers]}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "transfer.json").write_text(json.dumps(record, indent=2))
 
 
 def _plots(out, rows, folders):
@@ -111,10 +129,13 @@ def _plots(out, rows, folders):
 
 
 def run_compare(data, family, scale, variants, out, epochs=100, imgsz=640, batch=16, device="cpu", seed=0,
-                protocol="coco", workers=8, pretrained=False, train=True, on_model=None):
+                protocol="coco", workers=8, pretrained=None, train=True, on_model=None):
     """Train, evaluate and measure each variant; write the tables and plots into `out`; return the rows.
 
     Args:
+        pretrained (str | Path, optional): A stock checkpoint (e.g. yolov8s.pt) whose weights every variant starts
+            from, transferred structurally (`ema_yolo.integration.transfer`); its `transferred` column is the share of
+            the checkpoint's values that landed. None trains from scratch.
         train (bool): False measures the architecture only (params, GFLOPs, latency): the paper's cost columns.
         on_model (callable, optional): Called with each `YOLO` model before training (for callbacks).
     """
@@ -122,8 +143,11 @@ def run_compare(data, family, scale, variants, out, epochs=100, imgsz=640, batch
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if pretrained and Path(pretrained).is_file():
+        pretrained = str(Path(pretrained).resolve())  # a bare name such as yolov8s.pt is left to Ultralytics' download
     settings = dict(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device, seed=seed, workers=workers,
-                    deterministic=True, pretrained=pretrained, amp=device != "cpu", plots=True, verbose=False)
+                    deterministic=True, pretrained=str(pretrained) if pretrained else False, amp=device != "cpu",
+                    plots=True, verbose=False)
     (out / "settings.json").write_text(json.dumps({"family": family, "scale": scale, "variants": variants,
                                                    "protocol": protocol, **settings}, indent=2))
     gt = load_ground_truth(data) if train else None
@@ -140,6 +164,8 @@ def run_compare(data, family, scale, variants, out, epochs=100, imgsz=640, batch
             best = _train(cfg, folder, settings, on_model)
             metrics = evaluate(gt, model_predictions(best, data, protocol, imgsz, device=device), protocol, str(best))
             row.update({k: round(v, 4) for k, v in metrics.items() if k != "per_class"})
+            if (folder / "transfer.json").is_file():
+                row["transferred"] = json.loads((folder / "transfer.json").read_text())["transferred"]
             net = YOLO(best).model
         else:
             net = YOLO(cfg).model
@@ -185,7 +211,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--protocol", choices=["coco", "visdrone"], default="coco")
-    parser.add_argument("--pretrained", action="store_true", help="start from pretrained weights where they match")
+    parser.add_argument("--pretrained", metavar="PT", help="stock checkpoint every variant starts from (e.g. yolov8s.pt)")
     parser.add_argument("--no-train", action="store_true", help="only params, GFLOPs and latency")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]

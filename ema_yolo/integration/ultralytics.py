@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..nn import CA, CBAM, EMA, SE
+from . import transfer
 
 __all__ = ("YAML_LAYERS", "model_cfg_dir", "register", "resolve_model_cfg")
 
@@ -78,12 +79,14 @@ def _check_parse_model(tasks):
 def register():
     """Make EMA, CBAM, CA and SE resolvable in Ultralytics model YAMLs, and ema-yolo's YAMLs by bare name.
 
-    Idempotent. Also allows the layers in `torch.load(weights_only=True)`, which Ultralytics uses when
+    Also makes pretrained loads structural (`transfer.install`): a stock checkpoint lands in a model that inserts
+    attention rows into its architecture. Idempotent. Also allows the layers in `torch.load(weights_only=True)`, which Ultralytics uses when
     `ULTRALYTICS_SAFE_LOAD=1`.
 
     Raises:
-        RuntimeError: If Ultralytics already defines one of these names as something else, or its model parser no
-            longer gives the layers their input channels (checked on a two-layer model, about a millisecond).
+        RuntimeError: If Ultralytics already defines one of these names as something else, its model parser no
+            longer gives the layers their input channels (checked on a two-layer model, about a millisecond), or
+            loading pretrained weights no longer goes through `BaseModel.load` (checked on a three-layer model).
     """
     from ultralytics.nn import tasks
     from ultralytics.utils import checks
@@ -96,6 +99,7 @@ def register():
             )
         namespace[name] = cls
     _check_parse_model(tasks)
+    transfer.install(tasks)
     if not hasattr(checks.check_file, "ema_yolo_wrapped"):
         checks.check_file = _with_packaged_cfgs(checks.check_file)
     torch.serialization.add_safe_globals(list(YAML_LAYERS.values()))

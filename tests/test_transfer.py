@@ -1,0 +1,220 @@
+"""Stock checkpoints into models with inserted attention rows: every stock tensor lands, through the stock entry points.
+
+The stock checkpoints have random tensors (conftest.py). The expected layer mapping is derived independently of
+the code under test: the target's layers minus its attention rows are, in order, the stock model's layers.
+"""
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import ema_yolo
+from ema_yolo.integration import transfer
+from ema_yolo.integration.ultralytics import YAML_LAYERS
+from ema_yolo.nn import EMA, EMAReference
+
+ATTENTION = tuple(YAML_LAYERS.values())
+
+
+@pytest.fixture(scope="module")
+def stock(tmp_path_factory, make_stock_checkpoint, stock_yolov8n_nc3):
+    """name -> path of a random stock checkpoint; the file is named as Ultralytics names its release."""
+    folder = tmp_path_factory.mktemp("stock")
+    cfgs = {"yolov8n": "yolov8n.yaml", "yolov8s": "yolov8s.yaml", "yolov5su": "yolov5s.yaml", "yolo11s": "yolo11s.yaml"}
+    paths = {name: make_stock_checkpoint(folder / f"{name}.pt", cfg) for name, cfg in cfgs.items()}
+    return {**paths, "yolov8n-nc3": stock_yolov8n_nc3}
+
+
+def _stock_state(path):
+    from ultralytics.nn.tasks import load_checkpoint
+
+    return {k: v for k, v in load_checkpoint(path)[0].state_dict().items() if v.is_floating_point()}
+
+
+def _expected_mapping(model):
+    """Stock layer index -> target index: the target's non-attention layers, in order."""
+    kept = [j for j, layer in enumerate(model.model) if not isinstance(layer, ATTENTION)]
+    return dict(enumerate(kept))
+
+
+def _assert_every_tensor_landed(stock_state, model):
+    mapping, state = _expected_mapping(model), model.state_dict()
+    assert len(mapping) == 1 + max(int(k.split(".")[1]) for k in stock_state)
+    for key, value in stock_state.items():
+        _, index, rest = key.split(".", 2)
+        assert torch.equal(state[f"model.{mapping[int(index)]}.{rest}"].float(), value), key
+
+
+@pytest.mark.parametrize(
+    "source, target",
+    [("yolov8s", "yolov8s-ema"), ("yolov5su", "yolov5s-ema"), ("yolo11s", "yolo11s-ema"),
+     ("yolov8n", "yolov8n-cbam"), ("yolov8n", "yolov8n-ca"), ("yolov8n", "yolov8n-se")],
+)
+def test_every_stock_tensor_lands_and_inserted_layers_keep_their_init(stock, source, target):
+    from ultralytics import YOLO
+
+    torch.manual_seed(3)
+    fresh = YOLO(f"{target}.yaml").model
+    torch.manual_seed(3)
+    model = YOLO(f"{target}.yaml").load(stock[source]).model
+    _assert_every_tensor_landed(_stock_state(stock[source]), model)
+    inserted = [j for j, layer in enumerate(model.model) if isinstance(layer, ATTENTION)]
+    assert len(inserted) == 2
+    for j in inserted:
+        for (k, a), b in zip(fresh.model[j].state_dict().items(), model.model[j].state_dict().values()):
+            assert torch.equal(a, b), f"model.{j}.{k}"
+    assert model.names[79] == "class79"  # every stock tensor landed: the stock class names come along, as in Ultralytics
+    report = transfer.transfer_report(model)
+    assert report.tensors[0] == report.tensors[1] and report.values[0] == report.values[1]
+    assert [j for j, _ in report.new_layers] == inserted and report.dropped_layers == []
+
+
+def test_bypassing_the_inserted_layers_gives_the_stock_detections(stock):
+    # A second check of the mapping, independent of tensor names: the transferred model computes the stock function.
+    from ultralytics import YOLO
+    from ultralytics.utils import ASSETS
+
+    model = YOLO("yolov8n-ema.yaml").load(stock["yolov8n"])
+    for j, layer in enumerate(model.model.model):
+        if isinstance(layer, EMA):
+            bypass = torch.nn.Identity()
+            bypass.i, bypass.f, bypass.type = layer.i, layer.f, layer.type
+            model.model.model[j] = bypass
+    reference = YOLO(stock["yolov8n"])
+    x = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        assert torch.equal(model.model.eval()(x)[0], reference.model.eval()(x)[0])
+    kwargs = dict(imgsz=160, device="cpu", conf=0.01, verbose=False)
+    ours, theirs = model.predict(ASSETS / "bus.jpg", **kwargs)[0], reference.predict(ASSETS / "bus.jpg", **kwargs)[0]
+    assert len(theirs.boxes) > 0
+    assert torch.equal(ours.boxes.data, theirs.boxes.data)
+
+
+def test_same_architecture_loads_exactly_as_stock(stock, trained_checkpoint):
+    from ultralytics.nn.tasks import BaseModel, DetectionModel, load_checkpoint
+
+    stock_load = BaseModel.load.ema_yolo_wrapped
+    for cfg, pt, nc in (("yolov8n.yaml", stock["yolov8n"], 80), ("yolov8n-ema.yaml", trained_checkpoint, 3)):
+        torch.manual_seed(0)
+        ours = DetectionModel(cfg, nc=nc, verbose=False)
+        torch.manual_seed(0)
+        theirs = DetectionModel(cfg, nc=nc, verbose=False)
+        ours.load(load_checkpoint(pt)[0])
+        stock_load(theirs, load_checkpoint(pt)[0])
+        for (k, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(a, b), k
+        assert ours.names == theirs.names
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def ultralytics_log():
+    handler = _Lines()
+    logger = logging.getLogger("ultralytics")
+    logger.addHandler(handler)
+    yield handler.lines
+    logger.removeHandler(handler)
+
+
+def test_report_line_partial_transfer_and_wrong_family(stock, ultralytics_log):
+    from ultralytics import YOLO
+
+    YOLO("yolov8n-ema.yaml").load(stock["yolov8n"])
+    assert ultralytics_log == ["Transferred 355/355 stock tensors (3.2M/3.2M values); new: 2 EMA layers (model.7, model.10)"]
+
+    ultralytics_log.clear()
+    p2 = YOLO("yolov8s-p2-ema.yaml").load(stock["yolov8s"]).model  # a P2 head: the backbone and the top of the neck
+    report = transfer.transfer_report(p2)
+    stock_state, state = _stock_state(stock["yolov8s"]), p2.state_dict()
+    for key, value in stock_state.items():
+        if int(key.split(".")[1]) <= 9:  # the backbone keeps its indices (no attention row before model.9)
+            assert torch.equal(state[key], value), key
+    assert ("Detect" in {t for _, t in report.new_layers}) and (22, "Detect") in report.dropped_layers
+    assert 0.5 < report.values[0] / report.values[1] < 1 and report.body_share > 0.5
+    assert len(ultralytics_log) == 1 and "not transferred: 7 " in ultralytics_log[0]
+
+    ultralytics_log.clear()
+    YOLO("yolo11n-ema.yaml").load(stock["yolov8n"])
+    assert any("Only" in line and "same family and scale" in line for line in ultralytics_log)
+
+
+def test_pretrained_path_through_the_python_training_api(stock, tiny_dataset, tmp_path):
+    from ultralytics import YOLO
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def snapshot(trainer):  # the model the trainer is about to train, before any step
+        seen["state"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        seen["model"] = trainer.model
+        raise Stop
+
+    model = YOLO("yolov8n-ema.yaml")
+    model.add_callback("on_pretrain_routine_end", snapshot)
+    with pytest.raises(Stop):
+        model.train(data=str(tiny_dataset), pretrained=str(stock["yolov8n-nc3"]), epochs=1, imgsz=64, batch=8,
+                    device="cpu", workers=0, amp=False, plots=False, project=str(tmp_path), name="api")
+    for key, value in _stock_state(stock["yolov8n-nc3"]).items():
+        _, index, rest = key.split(".", 2)
+        target = f"model.{_expected_mapping(seen['model'])[int(index)]}.{rest}"
+        assert torch.equal(seen["state"][target].float(), value), key
+
+
+def test_pretrained_path_through_the_stock_cli_in_a_fresh_process(stock, tiny_dataset, tmp_path):
+    yolo = Path(sys.executable).with_name("yolo")
+    proc = subprocess.run(
+        [str(yolo), "train", "model=yolov8n-ema.yaml", f"data={tiny_dataset}", f"pretrained={stock['yolov8n-nc3']}",
+         "epochs=1", "imgsz=64", "batch=8", "device=cpu", "workers=0", "amp=False", "plots=False", "val=False",
+         f"project={tmp_path}", "name=cli"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Transferred 355/355 stock tensors (3.0M/3.0M values); new: 2 EMA layers (model.7, model.10)" in (
+        proc.stdout + proc.stderr
+    )
+
+
+def test_self_check_fails_loudly_if_the_loading_path_changes(monkeypatch):
+    from ultralytics.nn import tasks
+
+    monkeypatch.setattr(tasks.BaseModel, "load", lambda self, weights, verbose=True: self)  # loads nothing
+    with pytest.raises(RuntimeError, match=r"cannot hook into ultralytics .*loading pretrained weights"):
+        ema_yolo.register()
+
+
+def test_near_identity_start(stock, monkeypatch):
+    from ultralytics import YOLO
+
+    layer = transfer.near_identity(EMA(64))
+    reference = EMAReference(64)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 64, 12, 10, dtype=torch.float64)
+    layer, reference = layer.double(), reference.double()
+    expected = x * torch.sigmoid(torch.tensor(4.0, dtype=torch.float64))  # sigmoid(2 * logit), logit = 2
+    torch.testing.assert_close(reference(x), expected)
+    out = layer(x.requires_grad_())
+    torch.testing.assert_close(out, expected)
+    out.square().sum().backward()
+    assert layer.gn.weight.grad.abs().sum() > 0 and layer.conv3x3.weight.grad.abs().sum() > 0
+
+    monkeypatch.setenv(transfer.INIT_ENV, "identity")
+    model = YOLO("yolov8n-ema.yaml").load(stock["yolov8n"]).model
+    for ema in (m for m in model.modules() if isinstance(m, EMA)):
+        assert torch.equal(ema.gn.weight, torch.zeros_like(ema.gn.weight)) and bool((ema.conv3x3.bias == 2).all())
+    monkeypatch.setenv(transfer.INIT_ENV, "identiy")
+    with pytest.raises(ValueError, match="EMA_YOLO_INIT='identiy'"):
+        YOLO("yolov8n-ema.yaml").load(stock["yolov8n"])
