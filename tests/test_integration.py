@@ -198,16 +198,18 @@ def test_safe_load_in_fresh_process(trained_checkpoint, tmp_path):
     assert out.split()[-1] == "2"
 
 
-def test_ddp_worker_script_rebuilds_ema_model_in_fresh_interpreter(tiny_dataset, tmp_path):
+def test_ddp_worker_script_rebuilds_ema_model_in_fresh_interpreter(tiny_dataset, stock_yolov8n_nc3, tmp_path):
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils.dist import generate_ddp_file
 
     trainer = DetectionTrainer(
         overrides={"model": "yolov8n-ema.yaml", "data": str(tiny_dataset), "epochs": 1, "imgsz": 64, "batch": 8,
-                   "device": "cpu", "workers": 0, "amp": False, "plots": False, "project": str(tmp_path), "name": "ddp"}
+                   "device": "cpu", "workers": 0, "amp": False, "plots": False, "project": str(tmp_path), "name": "ddp",
+                   "pretrained": str(stock_yolov8n_nc3)}
     )
     script = generate_ddp_file(trainer)
-    _run([sys.executable, script], cwd=tmp_path, timeout=600)
+    out = _run([sys.executable, script], cwd=tmp_path, timeout=600)
+    assert "Transferred 355/355 stock tensors" in out  # the worker's fresh interpreter transfers structurally too
     ckpt = torch.load(tmp_path / "ddp" / "weights" / "last.pt", weights_only=False)
     assert sum(isinstance(m, EMA) for m in ckpt["model"].modules()) == 2
 
