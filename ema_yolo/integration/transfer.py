@@ -39,8 +39,9 @@ def _numel(layer):
 def align_layers(src, dst):
     """Map each layer of `src` to the layer of `dst` that plays its part, by aligning the two layer sequences.
 
-    Two layers correspond when they have the same module type, the same number of inputs, the same state-dict shapes
-    (the detection heads only need the same type: their class count may differ) and inputs that correspond. The
+    Two layers correspond when the target layer is of the source layer's type (or a subclass of it, such as a block
+    with attention inside), has the same number of inputs, every source tensor name and shape (the detection heads
+    only need the type: their class count may differ) and inputs that correspond. The
     alignment is the order-preserving one that keeps the most values (a longest-common-subsequence over layers, each
     weighted by its parameter count); a pair whose inputs do not correspond under it is dropped. Layers of `dst`
     outside the map are new (inserted) layers, layers of `src` outside it did not transfer.
@@ -58,13 +59,13 @@ def align_layers(src, dst):
         10
     """
     n, m = len(src), len(dst)
-    sig_s = [(s.type, len(_sources(s, i)), _shapes(s)) for i, s in enumerate(src)]
-    sig_d = [(d.type, len(_sources(d, j)), _shapes(d)) for j, d in enumerate(dst)]
+    shapes_s, shapes_d = [set(_shapes(s)) for s in src], [set(_shapes(d)) for d in dst]
     values = [1 + _numel(s) for s in src]
 
     def weight(i, j):
-        same = sig_s[i] == sig_d[j] or (i == n - 1 and j == m - 1 and sig_s[i][:2] == sig_d[j][:2])
-        return values[i] if same else 0
+        same_kind = isinstance(dst[j], type(src[i])) and len(_sources(src[i], i)) == len(_sources(dst[j], j))
+        head = i == n - 1 and j == m - 1
+        return values[i] if same_kind and (head or shapes_s[i] <= shapes_d[j]) else 0
 
     score = [[0] * (m + 1) for _ in range(n + 1)]  # score[i][j]: best alignment of src[i:] with dst[j:]
     for i in range(n - 1, -1, -1):
