@@ -209,7 +209,7 @@ def test_ddp_worker_script_rebuilds_ema_model_in_fresh_interpreter(tiny_dataset,
     )
     script = generate_ddp_file(trainer)
     out = _run([sys.executable, script], cwd=tmp_path, timeout=600)
-    assert "Transferred 355/355 stock tensors" in out  # the worker's fresh interpreter transfers structurally too
+    assert "Transferred 298/298 stock tensors" in out  # the worker's fresh interpreter transfers structurally too
     ckpt = torch.load(tmp_path / "ddp" / "weights" / "last.pt", weights_only=False)
     assert sum(isinstance(m, EMA) for m in ckpt["model"].modules()) == 2
 

@@ -205,7 +205,7 @@ def _wrap_load(load):
         if not _is_ultralytics_sequence(src_layers) or not _is_ultralytics_sequence(dst_layers):
             return load(self, weights, verbose)
         mapping = align_layers(src_layers, dst_layers)
-        src_state = {k: v.float() for k, v in src_model.state_dict().items()}
+        src_state = {k: v.float() for k, v in src_model.state_dict().items() if v.is_floating_point()}
         if len(src_layers) == len(dst_layers) and all(mapping.get(i) == i for i in range(len(src_layers))):
             result = load(self, weights, verbose)  # same architecture: exactly Ultralytics' behaviour
             _reports[self] = TransferReport(src_model, self, mapping, src_state)
