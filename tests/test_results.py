@@ -46,6 +46,10 @@ def test_visdrone_result_files_round_trip(tmp_path):
                 "--json", str(tmp_path / "b.json")]) == 0
     direct, back = json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "b.json").read_text())
     assert back == direct and 0 < direct["AP50"] < 1
+    (tmp_path / "results" / "notes.md").write_text("mine")  # a folder that is not only result files is never replaced
+    assert cli(["eval", "--data", str(data), "--predictions", str(tmp_path / "p.json"), "--protocol", "visdrone",
+                "--save-visdrone", str(tmp_path / "results")]) == 1
+    assert (tmp_path / "results" / "notes.md").read_text() == "mine"
 
 
 def test_visdrone_results_bad_input(tmp_path, capsys):

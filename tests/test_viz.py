@@ -10,32 +10,25 @@ from ema_yolo.nn import CA, CBAM, EMA
 from ema_yolo.viz.maps import AttentionRecorder
 
 
-def _io_hooks(model, kind):
-    """Record (input, output) of every `kind` layer with plain forward hooks: the oracle, apart from the recorder."""
-    seen = {}
-    for module in model.modules():
-        if type(module) is kind:
-            module.register_forward_hook(lambda m, args, out, i=module.i: seen.__setitem__(i, (args[0], out)))
-    return seen
-
-
-def _model(yaml):
+def _record(yaml, kind, shape):
+    """Run a model with random normalisation parameters (non-trivial gates) once under the recorder; the oracle,
+    apart from the recorder: (input, output) of every `kind` layer from plain forward hooks."""
     from ultralytics import YOLO
 
-    model = YOLO(yaml).model.eval()
+    model, seen = YOLO(yaml).model.eval(), {}
     torch.manual_seed(0)
-    for m in model.modules():  # non-trivial gates: random GroupNorm/BatchNorm affine parameters too
+    for m in model.modules():
         if isinstance(m, (torch.nn.GroupNorm, torch.nn.BatchNorm2d)):
             torch.nn.init.normal_(m.weight, 1, 0.5), torch.nn.init.normal_(m.bias, 0, 0.5)
-    return model
+        if type(m) is kind:
+            m.register_forward_hook(lambda m, args, out: seen.__setitem__(m.i, (args[0], out)))
+    with torch.no_grad(), AttentionRecorder(model) as recorder:
+        model(torch.rand(shape))
+    return model, seen, recorder
 
 
-@torch.no_grad()
 def test_ema_map_is_the_modules_own_weights():
-    model = _model("yolov8n-ema.yaml")
-    seen = _io_hooks(model, EMA)
-    with AttentionRecorder(model) as recorder:
-        model(torch.rand(2, 3, 64, 96))
+    model, seen, recorder = _record("yolov8n-ema.yaml", EMA, (2, 3, 64, 96))
     assert sorted(recorder.maps) == ["10 EMA", "7 EMA"] and recorder.input.shape == (2, 3, 64, 96)
     for i, (x, out) in seen.items():
         ema = model.model[i]
@@ -49,19 +42,12 @@ def test_ema_map_is_the_modules_own_weights():
         assert weights.std() > 1e-3  # the weights vary over pixels and groups: the comparison means something
 
 
-@torch.no_grad()
 def test_ca_and_cbam_maps_are_their_gates():
-    model = _model("yolov8n-ca.yaml")
-    seen = _io_hooks(model, CA)
-    with AttentionRecorder(model) as recorder:
-        model(torch.rand(1, 3, 64, 64))
+    _, seen, recorder = _record("yolov8n-ca.yaml", CA, (1, 3, 64, 64))
     for i, (x, out) in seen.items():
         mask = x.abs() > 1e-2
         assert torch.allclose(recorder.maps[f"{i} CA"][mask], (out / x)[mask], atol=1e-4)  # out = x * g_h * g_w
-    model = _model("yolov8n-cbam.yaml")
-    seen = _io_hooks(model, CBAM)
-    with AttentionRecorder(model) as recorder:
-        model(torch.rand(1, 3, 64, 64))
+    _, seen, recorder = _record("yolov8n-cbam.yaml", CBAM, (1, 3, 64, 64))
     for i, (x, out) in seen.items():
         # out = x * channel gate (per channel) * spatial gate (per pixel): out / (x * map) is constant per channel
         ratio = out / (x * recorder.maps[f"{i} CBAM"])

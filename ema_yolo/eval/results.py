@@ -44,7 +44,8 @@ def write_visdrone_results(folder, gt, predictions):
     """Write VisDrone2019-DET result files, one `<image stem>.txt` per image of the split, into `folder`.
 
     Args:
-        folder (str | Path): Output folder; it appears only when complete and replaces an existing one.
+        folder (str | Path): Output folder; it appears only when complete and replaces an existing folder of
+            result files (`.txt` only), never anything else.
         gt (GroundTruth): The split (`protocols.load_ground_truth`) of a dataset with the 10 VisDrone classes.
         predictions (list[dict]): `save_json`-format detections (pixel `bbox` x, y, w, h of the original image).
 
@@ -52,7 +53,7 @@ def write_visdrone_results(folder, gt, predictions):
         (int): Number of detection lines written (at most 500 per image: the highest scores).
 
     Raises:
-        EvalError: If the dataset's classes are not VisDrone's.
+        EvalError: If the dataset's classes are not VisDrone's, or `folder` holds other files.
 
     Example:
         >>> write_visdrone_results("results/", gt, [{"image_id": "0000001_00000_d_0000001", "category_id": 4,
@@ -60,6 +61,9 @@ def write_visdrone_results(folder, gt, predictions):
         1
     """
     _check_visdrone_classes(gt)
+    folder = Path(folder)
+    if folder.exists() and not (folder.is_dir() and all(p.suffix == ".txt" for p in folder.iterdir())):
+        raise EvalError(f"{folder}: exists and is not a folder of result files; not replacing it")
     groups, written = _by_image(predictions), 0
     with atomic_dir(folder, overwrite=True) as tmp:
         for image in gt.coco["images"]:
