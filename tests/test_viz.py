@@ -83,15 +83,18 @@ def test_attention_command_writes_layers_and_sheets(trained_checkpoint, tmp_path
     assert cli(args) == 1  # never replaces OUT without --overwrite
 
 
-def test_se_layers_have_no_spatial_map(tmp_path):
+def test_explained_layers_strides_and_se(tmp_path):
     from ultralytics import YOLO
 
     from ema_yolo.viz.commands import explain_image
 
-    image = cv2.imread(str(_images(tmp_path / "images", 1) / "scene0.jpg"))
-    result = explain_image(YOLO("yolov8n-se.yaml"), image, imgsz=64)
-    assert result["layers"] == {"7 SE": None, "10 SE": None}  # drawn as "SE gates channels only: no spatial map"
-    assert result["eigencam"].shape == image.shape[:2] and 0 <= result["eigencam"].min() <= result["eigencam"].max() <= 1
+    image = cv2.imread(str(_images(tmp_path / "images", 1) / "scene0.jpg"))  # 96 x 64
+    ema = explain_image(YOLO("yolov8n-ema.yaml"), image, imgsz=64)
+    assert ema["strides"] == {"7 EMA": 16, "10 EMA": 32}  # after the P4/16 and P5/32 backbone blocks
+    assert {name: m.shape for name, m in ema["layers"].items()} == {"7 EMA": (64, 96), "10 EMA": (64, 96)}
+    assert ema["eigencam"].shape == (64, 96) and 0 <= ema["eigencam"].min() <= ema["eigencam"].max() <= 1
+    se = explain_image(YOLO("yolov8n-se.yaml"), image, imgsz=64)
+    assert se["layers"] == {"7 SE": None, "10 SE": None} and se["strides"] == {}  # drawn as "no spatial map"
 
 
 @pytest.mark.parametrize("case", ["corrupt", "missing", "model"])

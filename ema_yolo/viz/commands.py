@@ -88,9 +88,9 @@ def explain_image(model, image, imgsz=640, conf=0.25, device="cpu"):
         device (str): Torch device.
 
     Returns:
-        (dict): 'detections' (annotated RGB image), 'count' (number of boxes), 'eigencam' ((H, W) in [0, 1]) and
+        (dict): 'detections' (annotated RGB image), 'count' (number of boxes), 'eigencam' ((H, W) in [0, 1]),
             'layers' {name: (H, W) map of the layer's weights averaged over its planes, or None without a spatial map},
-            all at the original resolution.
+            all at the original resolution, and 'strides' {name: the layer's stride} for the layers with a map.
 
     Example:
         >>> out = explain_image(YOLO("yolov8n-ema.yaml"), cv2.imread("bus.jpg"), imgsz=320)
@@ -120,6 +120,7 @@ def explain_image(model, image, imgsz=640, conf=0.25, device="cpu"):
     return {
         "detections": result.plot()[..., ::-1],
         "count": len(result.boxes),
+        "strides": {name: input_shape[0] // maps.shape[-2] for name, maps in recorder.maps.items() if maps is not None},
         "eigencam": _to_image(torch.from_numpy(cam), input_shape, image.shape)[0],
         "layers": layers,
     }
@@ -149,6 +150,7 @@ def _panels(model_name, rgb, result):
         title, kind = f"{model_name}: layer {name}", name.split()[1]
         if heat is None:
             return lambda fig, ax: _note(ax, rgb, title, NO_SPATIAL_MAP[kind])
+        title += f", stride {result['strides'][name]}"
         return lambda fig, ax: _overlay(fig, ax, rgb, heat, title, "weight (sigmoid)")
 
     files = [f"layer{int(name.split()[0]):02d}-{name.split()[1]}" for name in result["layers"]]
