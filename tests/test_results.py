@@ -102,7 +102,7 @@ def test_coco_results_json_with_original_ids(trained_checkpoint, tmp_path):
                 "--save-coco", str(tmp_path / "res" / "detections.json")]) == 0
     ours = json.loads((tmp_path / "m.json").read_text())
     with contextlib.redirect_stdout(io.StringIO()):
-        api = COCO(str(tmp_path / "raw" / "annotations.json"))  # the file the converter read
+        api = COCO(json.loads((tmp_path / "coco" / "coco_ids.json").read_text())["annotations"])  # the file read
         evaluator = COCOeval(api, api.loadRes(str(tmp_path / "res" / "detections.json")), "bbox")
         evaluator.evaluate(), evaluator.accumulate(), evaluator.summarize()
     keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
