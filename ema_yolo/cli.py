@@ -11,6 +11,7 @@ commands:
   eval     score a model or predictions file under the COCO or VisDrone protocol (`ema-yolo eval -h`)
   compare  train and evaluate baseline vs EMA/CBAM/CA/SE variants fairly; tables and plots (`ema-yolo compare -h`)
   video    run a model over a video and write an annotated video (`ema-yolo video -h`)
+  attention  picture each attention layer's spatial weights and EigenCAM, models side by side (`ema-yolo attention -h`)
   bench    benchmarks: `module` (fast EMA vs the published structure), `step` (a model's training step), `video`
   yolo     the stock `yolo` command with ema-yolo registered, for interpreters that skip .pth files
            (e.g. `ema-yolo yolo train model=yolov8n-ema.yaml data=coco8.yaml`)
@@ -34,6 +35,8 @@ def main(argv=None):
         from .eval.compare import main as run
     elif command == "video":
         from .video.commands import main as run
+    elif command == "attention":
+        from .viz.commands import main as run
     elif command == "convert":
         from .data.commands import convert_main as run
     elif command == "synth":

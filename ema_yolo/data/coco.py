@@ -2,7 +2,8 @@
 
 Crowd annotations (`iscrowd: 1`) are not training labels; as in COCO's own evaluation they are ignore regions, kept
 in `ignored/<stem>.txt` (`left top width height` pixels). An image listed without annotations is a background image
-(empty label file). Boxes are clipped to the image; empty ones are dropped and counted.
+(empty label file). Boxes are clipped to the image; empty ones are dropped and counted. `coco_ids.json` records the
+original ids (image file name -> image id, class index -> category id) and the JSON read, for COCO result files.
 """
 
 import json
@@ -10,7 +11,9 @@ from pathlib import Path
 
 from .output import ConversionError, Report, atomic_dir, box_to_yolo, dataset_yaml, place_image
 
-__all__ = ("category_mapping", "convert_coco")
+__all__ = ("COCO_IDS_FILE", "category_mapping", "convert_coco")
+
+COCO_IDS_FILE = "coco_ids.json"  # beside the converted images/ folder
 
 
 def _standard_coco_ids():
@@ -72,7 +75,7 @@ def convert_coco(annotations_json, images_dir, dst, mapping="auto", overwrite=Fa
     report, images_dir = Report(), Path(images_dir)
     data = _load_json(annotations_json)
     classes, names = category_mapping(data["categories"], mapping)
-    images, per_image = {}, {}
+    images, per_image, converted = {}, {}, {}
     for image in data["images"]:
         images[image["id"]] = image
         per_image[image["id"]] = []
@@ -112,10 +115,14 @@ def convert_coco(annotations_json, images_dir, dst, mapping="auto", overwrite=Fa
             (tmp / "labels" / f"{stem}.txt").write_text("".join(r + "\n" for r in rows))
             if ignored:
                 (tmp / "ignored" / f"{stem}.txt").write_text("".join(r + "\n" for r in ignored))
+            converted[Path(image["file_name"]).name] = image_id
             report.count("images")
             report.count("boxes", len(rows))
             report.count("crowd regions", len(ignored))
         (tmp / "data.yaml").write_text(dataset_yaml(dst, {"train": "images", "val": "images"}, names))
+        ids = {"annotations": str(Path(annotations_json).resolve()), "images": converted,
+               "category_ids": sorted(classes, key=classes.get)}
+        (tmp / COCO_IDS_FILE).write_text(json.dumps(ids))
         if not report.counts.get("images"):
             raise ConversionError(f"{annotations_json}: no image could be converted")
     return report

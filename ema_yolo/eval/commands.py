@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from .protocols import EvalError, evaluate, load_ground_truth
+from .results import read_visdrone_results, save_results
 
 
 @contextlib.contextmanager
@@ -51,11 +52,14 @@ def main(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="checkpoint, model YAML or exported model")
     source.add_argument("--predictions", help="predictions JSON as written by `yolo val save_json=True`")
+    source.add_argument("--visdrone-results", help="folder of VisDrone2019-DET result files (<image stem>.txt)")
     parser.add_argument("--protocol", choices=["coco", "visdrone"], default="coco")
     parser.add_argument("--split", default="val")
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", help="write metrics as JSON to this file ('-' = stdout, then nothing else there)")
+    parser.add_argument("--save-visdrone", metavar="DIR", help="also write the detections as VisDrone result files")
+    parser.add_argument("--save-coco", metavar="FILE", help="also write them as a COCO results JSON, original ids")
     args = parser.parse_args(argv)
     try:
         gt = load_ground_truth(args.data, args.split)
@@ -68,13 +72,18 @@ def main(argv=None):
                 raise EvalError(f"{args.predictions}:{e.lineno}: invalid JSON ({e.msg})") from None
             if not isinstance(predictions, list):
                 raise EvalError(f"{args.predictions}: expected a JSON list of detections")
+        elif args.visdrone_results:
+            predictions = read_visdrone_results(args.visdrone_results, gt)
         else:
             predictions = model_predictions(args.model, args.data, args.protocol, args.imgsz, args.split, args.device)
-        metrics = evaluate(gt, predictions, args.protocol, args.predictions or args.model)
+        metrics = evaluate(gt, predictions, args.protocol, args.predictions or args.visdrone_results or args.model)
+        saved = save_results(gt, predictions, args.data, args.split, args.save_visdrone, args.save_coco)
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_table(metrics, args.protocol), file=sys.stderr if args.json == "-" else sys.stdout)
+    for line in saved:
+        print(line, file=sys.stderr)
     if args.json == "-":
         print(json.dumps(metrics, indent=2))
     elif args.json:

@@ -100,8 +100,28 @@ class EMA(nn.Module):
                 f"EMA was built for {self.channels} channels but got {x.shape[1]}: an attention row in a model YAML "
                 "must read from the layer just before it (from = -1)"
             )
-        gn, conv1x1, conv3x3 = self.gn, self.conv1x1, self.conv3x3
-        params = (gn.weight, gn.bias, conv1x1.weight, conv1x1.bias, conv3x3.weight, conv3x3.bias)
         if torch.jit.is_tracing():  # exporters record the plain ops; a custom Function would be opaque to them
-            return ema_forward(x, self.groups, gn.eps, *params)[0]
-        return EMAFunction.apply(x, self.groups, gn.eps, *params)
+            return ema_forward(x, self.groups, self.gn.eps, *self._params())[0]
+        return EMAFunction.apply(x, self.groups, self.gn.eps, *self._params())
+
+    def _params(self):
+        gn, conv1x1, conv3x3 = self.gn, self.conv1x1, self.conv3x3
+        return gn.weight, gn.bias, conv1x1.weight, conv1x1.bias, conv3x3.weight, conv3x3.bias
+
+    def spatial_weights(self, x):
+        """Return the per-pixel sigmoid weights EMA multiplies each channel group of `x` by (the paper's Fig. 1 output).
+
+        Args:
+            x (torch.Tensor): Input (B, C, H, W).
+
+        Returns:
+            (torch.Tensor): Weights in (0, 1), shape (B, G, H, W), float32 or wider; `forward(x)` equals
+                `x * weights` with each group's weights repeated over its C / G channels.
+
+        Example:
+            >>> EMA(64, factor=16).spatial_weights(torch.randn(2, 64, 8, 8)).shape
+            torch.Size([2, 16, 8, 8])
+        """
+        with torch.no_grad():
+            sig = ema_forward(x, self.groups, self.gn.eps, *self._params())[1][3]  # (B * G, H, W)
+        return sig.view(x.shape[0], self.groups, *x.shape[2:])

@@ -1,0 +1,240 @@
+"""`ema-yolo attention`: what each attention layer of one or more models weights on an image, with EigenCAM.
+
+For every image and model: one PNG per attention layer (`<stem>/<model>/layer<i>-<Type>.png`, its spatial weights
+upsampled and overlaid, the colour bar in the layer's own weight units), the model's EigenCAM
+(`<stem>/<model>/eigencam.png`), and a sheet `<stem>-sheet.png` with the models side by side: detections, EigenCAM,
+then every attention layer. The output folder appears only when everything is written.
+"""
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ("VizError", "explain_image", "main", "write_attention")
+
+
+class VizError(Exception):
+    """Bad input for `ema-yolo attention` (the message names the file)."""
+
+
+def _read_images(source):
+    """[(path, BGR image)] of an image file or of every image in a folder; VizError names any unreadable one."""
+    import cv2
+    from ultralytics.data.utils import IMG_FORMATS
+
+    source = Path(source)
+    if source.is_dir():
+        paths = sorted(p for p in source.iterdir() if p.suffix[1:].lower() in IMG_FORMATS)
+        if not paths:
+            raise VizError(f"{source}: no images in this folder")
+    elif source.is_file():
+        paths = [source]
+    else:
+        raise VizError(f"{source}: no such image or folder")
+    stems = [p.stem for p in paths]
+    if len(set(stems)) != len(stems):
+        shared = sorted({s for s in stems if stems.count(s) > 1})
+        raise VizError(f"{source}: several images share a file stem, e.g. {shared[:3]}")
+    images = []
+    for path in paths:
+        image = cv2.imread(str(path))
+        if image is None:
+            raise VizError(f"{path}: not a readable image")
+        images.append((path, image))
+    return images
+
+
+def _load_models(specs):
+    """[(name, YOLO)] for checkpoints or YAMLs; a run's best.pt/last.pt is named after its run folder."""
+    from ultralytics import YOLO
+
+    models, names = [], []
+    for spec in specs:
+        path = Path(spec)
+        if path.suffix == ".pt" and not path.is_file():  # bare YAML names resolve from the packaged cfg/
+            raise VizError(f"{spec}: no such model file")
+        try:
+            model = YOLO(spec)
+        except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: say which and why, in one line
+            reason = (str(e).splitlines() or [""])[0]
+            raise VizError(f"{spec}: cannot load model ({type(e).__name__}: {reason})") from None
+        name = path.parent.parent.name if path.stem in {"best", "last"} and path.parent.name == "weights" else path.stem
+        name = name if name not in names else f"{name}-{len(names) + 1}"
+        names.append(name)
+        models.append((name, model))
+    return models
+
+
+def _to_image(maps, input_shape, image_shape):
+    """Maps (K, h, w) in the letterboxed input's frame -> (K, H, W) numpy on the original image (padding cut)."""
+    import torch.nn.functional as F
+    from ultralytics.utils.ops import scale_masks
+
+    maps = F.interpolate(maps[None].float(), size=input_shape, mode="bilinear", align_corners=False)
+    return scale_masks(maps, image_shape[:2])[0].numpy()
+
+
+def explain_image(model, image, imgsz=640, conf=0.25, device="cpu"):
+    """Run `model` on one image and return its detections, EigenCAM and attention layers' spatial maps.
+
+    Args:
+        model (ultralytics.YOLO): Detection model (checkpoint or YAML).
+        image (numpy.ndarray): BGR image (H, W, 3), as OpenCV reads it.
+        imgsz (int): Inference size (letterboxed like `yolo predict`).
+        conf (float): Confidence threshold of the drawn detections.
+        device (str): Torch device.
+
+    Returns:
+        (dict): 'detections' (annotated RGB image), 'count' (number of boxes), 'eigencam' ((H, W) in [0, 1]),
+            'layers' {name: (H, W) map of the layer's weights averaged over its planes, or None without a spatial map},
+            all at the original resolution, and 'strides' {name: the layer's stride} for the layers with a map.
+
+    Example:
+        >>> out = explain_image(YOLO("yolov8n-ema.yaml"), cv2.imread("bus.jpg"), imgsz=320)
+        >>> sorted(out["layers"])
+        ['10 EMA', '7 EMA']
+    """
+    import torch
+
+    from .cam import eigencam
+    from .maps import AttentionRecorder
+
+    def predict():
+        return model.predict(image, imgsz=imgsz, conf=conf, device=device, verbose=False)[0]
+
+    if model.predictor is None:
+        predict()  # sets the predictor up: it runs a fused copy of `model.model`, which is what gets hooked
+    network = model.predictor.model.model
+    with AttentionRecorder(network) as recorder:
+        result = predict()
+    network_input = recorder.input.clone()  # a normal tensor again, outside the predictor's inference mode
+    input_shape = tuple(network_input.shape[2:])
+    cam = eigencam(network, network_input)
+    layers = {
+        name: None if maps is None else _to_image(maps[0].mean(0, keepdim=True), input_shape, image.shape)[0]
+        for name, maps in recorder.maps.items()
+    }
+    return {
+        "detections": result.plot()[..., ::-1],
+        "count": len(result.boxes),
+        "strides": {name: input_shape[0] // maps.shape[-2] for name, maps in recorder.maps.items() if maps is not None},
+        "eigencam": _to_image(torch.from_numpy(cam), input_shape, image.shape)[0],
+        "layers": layers,
+    }
+
+
+def _overlay(fig, ax, rgb, heat, title, colorbar_label):
+    ax.imshow(rgb)
+    shown = ax.imshow(heat, cmap="jet", alpha=0.5, vmin=float(heat.min()), vmax=float(heat.max()) + 1e-12)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, format="%.4g").set_label(colorbar_label, fontsize=7)
+    ax.set_title(title, fontsize=8)
+
+
+def _note(ax, rgb, title, text):
+    ax.imshow(rgb, alpha=0.35)
+    ax.text(rgb.shape[1] / 2, rgb.shape[0] / 2, text, ha="center", va="center", fontsize=8, wrap=True)
+    ax.set_title(title, fontsize=8)
+
+
+def _panels(model_name, rgb, result):
+    """[(file stem, draw(fig, ax))]: the model's EigenCAM, then each attention layer."""
+    from .maps import NO_SPATIAL_MAP
+
+    def cam(fig, ax):
+        _overlay(fig, ax, rgb, result["eigencam"], f"{model_name}: EigenCAM (P3-P5)", "EigenCAM")
+
+    def layer(name, heat):
+        title, kind = f"{model_name}: layer {name}", name.split()[1]
+        if heat is None:
+            return lambda fig, ax: _note(ax, rgb, title, NO_SPATIAL_MAP[kind])
+        title += f", stride {result['strides'][name]}"
+        return lambda fig, ax: _overlay(fig, ax, rgb, heat, title, "weight (sigmoid)")
+
+    files = [f"layer{int(name.split()[0]):02d}-{name.split()[1]}" for name in result["layers"]]
+    return [("eigencam", cam)] + [(f, layer(n, h)) for f, (n, h) in zip(files, result["layers"].items())]
+
+
+def write_attention(out, stem, rgb, explained, dpi=100):
+    """Write one image's per-layer PNGs, EigenCAMs and sheet under `out` (see the module docstring for the layout).
+
+    Args:
+        out (Path): Output folder.
+        stem (str): Image file stem.
+        rgb (numpy.ndarray): The image, RGB (H, W, 3).
+        explained (dict): {model name: `explain_image` result}, in the sheet's column order.
+        dpi (int): Resolution of the PNGs.
+
+    Returns:
+        (list[Path]): The files written.
+    """
+    from matplotlib.figure import Figure
+
+    width = 4.2  # inches per panel
+    height = width * rgb.shape[0] / rgb.shape[1] + 0.5
+    panels = {name: _panels(name, rgb, result) for name, result in explained.items()}
+    written = []
+    for model_name, model_panels in panels.items():
+        (out / stem / model_name).mkdir(parents=True)
+        for file_stem, draw in model_panels:
+            fig = Figure(figsize=(width, height), layout="constrained")
+            ax = fig.add_subplot()
+            draw(fig, ax)
+            ax.axis("off")
+            written.append(out / stem / model_name / f"{file_stem}.png")
+            fig.savefig(written[-1], dpi=dpi)
+
+    rows = 1 + max(len(p) for p in panels.values())  # detections, EigenCAM, attention layers
+    fig = Figure(figsize=(width * len(panels), height * rows), layout="constrained")
+    axes = np.asarray(fig.subplots(rows, len(panels), squeeze=False))
+    for col, (model_name, model_panels) in enumerate(panels.items()):
+        result = explained[model_name]
+        axes[0, col].imshow(result["detections"])
+        axes[0, col].set_title(f"{model_name}: {result['count']} detections", fontsize=8)
+        for row, (_, draw) in enumerate(model_panels, 1):
+            draw(fig, axes[row, col])
+        if len(model_panels) == 1 and rows > 2:
+            _note(axes[2, col], rgb, model_name, "no attention layer (EMA, CBAM, CA, SE)")
+    for ax in axes.flat:
+        ax.axis("off")
+    written.append(out / f"{stem}-sheet.png")
+    fig.savefig(written[-1], dpi=dpi)
+    return written
+
+
+def main(argv=None):
+    """Command line."""
+    from ..data.output import ConversionError, atomic_dir
+
+    parser = argparse.ArgumentParser(prog="ema-yolo attention", description=__doc__)
+    parser.add_argument("--model", action="append", required=True,
+                        help="checkpoint or model YAML; repeat to compare models side by side (e.g. baseline and EMA)")
+    parser.add_argument("--source", required=True, help="an image, or a folder of images")
+    parser.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold of the drawn detections")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT once the new one is complete")
+    args = parser.parse_args(argv)
+    from ultralytics.utils import TQDM
+
+    try:
+        if importlib.util.find_spec("pytorch_grad_cam") is None:
+            raise VizError("EigenCAM needs pytorch-grad-cam: pip install 'ema-yolo[viz]'")
+        if Path(args.out).exists() and not args.overwrite:
+            raise VizError(f"{args.out}: already exists (pass --overwrite to replace it)")
+        images = _read_images(args.source)
+        models = _load_models(args.model)
+        with atomic_dir(args.out, args.overwrite) as tmp:
+            count = 0
+            for path, image in TQDM(images, desc="attention"):
+                explained = {name: explain_image(model, image, args.imgsz, args.conf, args.device)
+                             for name, model in models}
+                count += len(write_attention(tmp, path.stem, np.ascontiguousarray(image[..., ::-1]), explained))
+    except (VizError, ConversionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: {count} PNGs for {len(images)} image(s) x {len(models)} model(s)", file=sys.stderr)
+    return 0
