@@ -69,7 +69,7 @@ def _graph_row(row, index, source):
 
     The parser resolves the names in PARSER_LOCALS, then calls the layer with GraphArgs first; `complete` then reads
     the width of the layer the row reads from off the parser's `ch` list, and writes the arguments it settled on back
-    into the row, which is what the parser prints.
+    into the row: the parser prints them, and builds a repeated row's (n > 1) further copies from them.
     """
     f, n, module, written = row
     if module not in YAML_LAYERS:
