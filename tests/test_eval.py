@@ -79,10 +79,27 @@ def test_max_detections_caps(tmp_path):
     assert evaluate(gt, predictions(150), "visdrone")["AR100"] == 0.0 and evaluate(gt, predictions(150), "visdrone")["AR500"] == 1.0
 
 
-def test_coco_protocol_equals_pycocotools_run_directly(tmp_path):
+def _pycocotools(gt_json, predictions):
+    """pycocotools' COCOeval run directly on a COCO ground-truth dict, summarised."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    with contextlib.redirect_stdout(io.StringIO()):
+        api = COCO()
+        api.dataset = gt_json
+        api.createIndex()
+        direct = COCOeval(api, api.loadRes(predictions), "bbox")
+        direct.evaluate(), direct.accumulate(), direct.summarize()
+    return direct
+
+
+def _assert_summary_equals_pycocotools(ours, direct):
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")  # its stats order
+    for key, value in zip(keys, direct.stats):
+        assert ours[key] == (None if value == -1 else pytest.approx(value, abs=1e-9)), key  # -1: undefined
+
+
+def test_coco_protocol_equals_pycocotools_run_directly(tmp_path):
     rng = np.random.default_rng(0)
     images, gt_json, preds = {}, {"images": [], "annotations": [], "categories": [{"id": 1}, {"id": 2}]}, []
     for i in range(12):
@@ -95,24 +112,13 @@ def test_coco_protocol_equals_pycocotools_run_directly(tmp_path):
             jitter = rng.normal(0, 4, 4)
             preds.append(_det(i, c if rng.random() > 0.1 else 1 - c, (x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]), float(rng.random())))
     ours = evaluate(load_ground_truth(_dataset(tmp_path, images)), preds, "coco")
-    with contextlib.redirect_stdout(io.StringIO()):
-        api = COCO()
-        api.dataset = gt_json
-        api.createIndex()
-        direct = COCOeval(api, api.loadRes(preds), "bbox")
-        direct.evaluate(), direct.accumulate(), direct.summarize()
-    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-    for key, value in zip(keys, direct.stats):
-        assert ours[key] == (None if value == -1 else pytest.approx(value, abs=1e-9)), key  # -1: undefined
+    _assert_summary_equals_pycocotools(ours, _pycocotools(gt_json, preds))
 
 
 def test_undefined_ap_is_null_as_in_pycocotools(tmp_path, monkeypatch, capsys):
     # Class 'b' never occurs and no object is large (> 96^2 px): pycocotools marks their AP -1, undefined. Perfect
     # predictions then score AP 1.0 over the classes present, with 'b' and APl None (printed n/a, JSON null), and a
     # class present but missed entirely scores 0.0, not None. pycocotools run directly is the oracle.
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     boxes = {1: [(0, 10, 10, 50, 40), (2, 100, 50, 60, 60)], 2: [(2, 5, 5, 30, 30)]}
     data = _dataset(tmp_path, {str(i): (200, 160, b) for i, b in boxes.items()}, names=("a", "b", "c"))
     gt_json = {"images": [{"id": i, "width": 200, "height": 160} for i in boxes],
@@ -125,19 +131,13 @@ def test_undefined_ap_is_null_as_in_pycocotools(tmp_path, monkeypatch, capsys):
     gt = load_ground_truth(data)
     for predictions, expected_ap, per_class in ((perfect, 1.0, {"a": 1.0, "b": None, "c": 1.0}),
                                                 (perfect[1:], 0.5, {"a": 0.0, "b": None, "c": 1.0})):
-        with contextlib.redirect_stdout(io.StringIO()):
-            api = COCO()
-            api.dataset = gt_json
-            api.createIndex()
-            direct = COCOeval(api, api.loadRes(predictions), "bbox")
-            direct.evaluate(), direct.accumulate(), direct.summarize()
+        direct = _pycocotools(gt_json, predictions)
         precision = direct.eval["precision"][:, :, :, 0, -1]
         oracle = {n: float(precision[:, :, k].mean()) if (precision[:, :, k] > -1).any() else None for k, n in enumerate("abc")}
         assert oracle == pytest.approx(per_class)
         ours = evaluate(gt, predictions, "coco")
         assert ours["per_class"] == pytest.approx(oracle) and ours["AP"] == pytest.approx(expected_ap)
-        for key, value in zip(("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"), direct.stats):
-            assert ours[key] == (None if value == -1 else pytest.approx(value, abs=1e-9)), key
+        _assert_summary_equals_pycocotools(ours, direct)
         assert ours["APl"] is None and ours["ARl"] is None
         visdrone = evaluate(gt, predictions, "visdrone")
         assert visdrone["per_class"] == pytest.approx(oracle) and visdrone["AP"] == pytest.approx(expected_ap)
