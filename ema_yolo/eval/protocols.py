@@ -226,8 +226,8 @@ def evaluate(gt, predictions, protocol="coco", source="predictions"):
     if protocol == "coco":
         metrics = dict(zip(COCO_KEYS, (float(v) if v > -1 else None for v in evaluator.stats)))
     else:
-        metrics = {"AP": ap(), "AP50": ap(0.5), "AP75": ap(0.75)}
-        metrics.update({f"AR{m}": valid_mean(recall[:, :, 0, i]) for i, m in enumerate(max_dets)})
+        recalls = (valid_mean(recall[:, :, 0, i]) for i in range(len(max_dets)))
+        metrics = dict(zip(VISDRONE_KEYS, (ap(), ap(0.5), ap(0.75), *recalls)))
     per_class = {
         gt.names[gt.category_ids.index(category)]: valid_mean(precision[:, :, k, 0, -1])
         for k, category in enumerate(evaluator.params.catIds)
