@@ -48,7 +48,8 @@ def test_compare_end_to_end_relative_out_and_resume(tiny_dataset, tmp_path, monk
     out = tmp_path / "runs" / "compare" / "tiny"
     kwargs = dict(epochs=2, imgsz=64, batch=8, device="cpu", workers=0, protocol="coco")
     with pytest.raises(KeyboardInterrupt):
-        run_compare(tiny_dataset, "yolov8", "n", ["baseline", "ema"], "runs/compare/tiny", on_model=interrupt_ema_after_first_epoch, **kwargs)
+        run_compare(tiny_dataset, "yolov8", "n", ["baseline", "ema"], "runs/compare/tiny",
+                    on_model=interrupt_ema_after_first_epoch, **kwargs)
     assert interrupted == [0] and (out / "baseline" / "done.json").is_file()
     baseline_done = (out / "baseline" / "done.json").stat().st_mtime_ns
     assert (out / "ema" / "weights" / "last.pt").is_file() and not (out / "ema" / "done.json").exists()

@@ -69,7 +69,7 @@ def test_attention_rows_take_their_width_from_the_graph(caplog):
     assert warnings == ["my-model.yaml: layer 6 EMA [512] is 384 channels at this scale, but the layer it reads from "
                         "gives 48; using 48 (write [c2] to take it from the graph)"]  # once, though parsed twice
     d["head"][0][0] = [-1, 2]
-    with pytest.raises(ValueError, match=r"my-model.yaml: layer 3 \(SE\) reads from \[-1, 2\]: an attention layer reads one layer"):
+    with pytest.raises(ValueError, match=r"my-model.yaml: layer 3 \(SE\) reads from \[-1, 2\]: an attention layer reads one"):
         parse_model(d, ch=3, verbose=False)
 
 

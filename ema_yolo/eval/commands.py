@@ -45,7 +45,7 @@ def format_table(metrics, protocol):
     """A terminal table of the summary metrics and per-class AP."""
     lines = [f"{protocol} protocol", "-" * 28]
     lines += [f"{k:<10}{format_metric(v):>10}" for k, v in metrics.items() if k != "per_class"]
-    lines += ["-" * 28, "per-class AP"] + [f"{name:<18}{format_metric(ap):>10}" for name, ap in metrics["per_class"].items()]
+    lines += ["-" * 28, "per-class AP"] + [f"{n:<18}{format_metric(ap):>10}" for n, ap in metrics["per_class"].items()]
     return "\n".join(lines)
 
 

@@ -86,7 +86,7 @@ def _graph_row(row, index, source):
         channels = ch[f]
         if written and written[0] != "c2":  # a literal width, as for Conv: accepted, checked against its scaled value
             if not isinstance(given[0], int) or isinstance(given[0], bool) or given[0] < 1:
-                raise ValueError(f"{source}: layer {index} ({module}): channel count {written[0]!r} is not c2 or an int")
+                raise ValueError(f"{source}: layer {index} ({module}): width {written[0]!r} is not c2 or an int")
             nominal = make_divisible(min(given[0], max_channels) * width, 8)
             message = (f"{source}: layer {index} {module} [{given[0]}] is {nominal} channels at this scale, but the "
                        f"layer it reads from gives {channels}; using {channels} (write [c2] to take it from the graph)")

@@ -8,4 +8,6 @@ from .ema_reference import EMAReference
 from .graph_args import GraphArgs
 from .squeeze_excite import SE
 
-__all__ = ("ATTENTION_LAYERS", "CA", "CBAM", "EMA", "SE", "EMAReference", "GraphArgs", "create_attn", "ema_groups", "get_attn")
+__all__ = (
+    "ATTENTION_LAYERS", "CA", "CBAM", "EMA", "SE", "EMAReference", "GraphArgs", "create_attn", "ema_groups", "get_attn",
+)
