@@ -1,6 +1,9 @@
 """The ablation harness end to end on a tiny generated set, resume after an interruption, and the cost columns."""
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -31,9 +34,24 @@ def test_gflops_counter_sees_functional_ops():
     assert count_gflops(Functional(), 4) * 1e9 == pytest.approx(2 * 3 * 16 * 32 + 3 * 32)
 
 
-def test_compare_end_to_end_relative_out_and_resume(tiny_dataset, tmp_path, monkeypatch):
-    # Run from another folder with a relative --out (the README's form); Ultralytics alone would put the weights under
-    # its own runs folder. Interrupted after the first variant, the same command resumes without retraining it.
+def test_compare_end_to_end_relative_out_killed_and_resumed(tiny_dataset, tmp_path, monkeypatch):
+    # The README's form, a relative --out, from another folder: Ultralytics alone would put the weights under its own
+    # runs folder. The command is killed (SIGKILL) once the first variant is done, then interrupted in the second
+    # variant's first epoch: each re-run of the same command continues, never retraining what is finished.
+    command = ["compare", "--data", str(tiny_dataset), "--variants", "baseline,ema", "--out", "runs/compare/tiny",
+               "--epochs", "2", "--imgsz", "64", "--batch", "8", "--workers", "0"]
+    out = tmp_path / "runs" / "compare" / "tiny"
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "ema_yolo", *command], cwd=tmp_path, stdout=log, stderr=log)
+        deadline = time.monotonic() + 300
+        while not (out / "baseline" / "done.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait()
+    assert (out / "baseline" / "done.json").is_file(), (tmp_path / "killed.log").read_text()[-3000:]
+    baseline_done = (out / "baseline" / "done.json").stat().st_mtime_ns
+    assert not (out / "ema" / "weights" / "last.pt").exists()  # killed before the second variant saved an epoch
+
     interrupted = []
 
     def interrupt_ema_after_first_epoch(model):
@@ -45,18 +63,14 @@ def test_compare_end_to_end_relative_out_and_resume(tiny_dataset, tmp_path, monk
             model.add_callback("on_fit_epoch_end", stop)
 
     monkeypatch.chdir(tmp_path)
-    out = tmp_path / "runs" / "compare" / "tiny"
-    kwargs = dict(epochs=2, imgsz=64, batch=8, device="cpu", workers=0, protocol="coco")
     with pytest.raises(KeyboardInterrupt):
-        run_compare(tiny_dataset, "yolov8", "n", ["baseline", "ema"], "runs/compare/tiny",
-                    on_model=interrupt_ema_after_first_epoch, **kwargs)
-    assert interrupted == [0] and (out / "baseline" / "done.json").is_file()
-    baseline_done = (out / "baseline" / "done.json").stat().st_mtime_ns
-    assert (out / "ema" / "weights" / "last.pt").is_file() and not (out / "ema" / "done.json").exists()
+        run_compare(tiny_dataset, "yolov8", "n", ["baseline", "ema"], "runs/compare/tiny", epochs=2, imgsz=64, batch=8,
+                    workers=0, on_model=interrupt_ema_after_first_epoch)
+    assert interrupted == [0] and not (out / "ema" / "done.json").exists()
+    assert (out / "ema" / "weights" / "last.pt").is_file()
 
-    assert cli(["compare", "--data", str(tiny_dataset), "--variants", "baseline,ema", "--out", "runs/compare/tiny",
-                "--epochs", "2", "--imgsz", "64", "--batch", "8", "--workers", "0"]) == 0
-    assert (out / "baseline" / "done.json").stat().st_mtime_ns == baseline_done  # not retrained
+    assert cli(command) == 0
+    assert (out / "baseline" / "done.json").stat().st_mtime_ns == baseline_done  # never retrained
     epochs_run = (out / "ema" / "results.csv").read_text().strip().splitlines()[1:]
     assert len(epochs_run) == 2  # resumed at epoch 2, not restarted
     assert sorted(p.relative_to(out).as_posix() for p in tmp_path.rglob("*.pt")) == [
