@@ -118,9 +118,9 @@ def run_compare(data, family, scale, variants, out, epochs=100, imgsz=640, batch
     """Train, evaluate and measure each variant; write the tables and plots into `out`; return the rows.
 
     Args:
-        out (str | Path): Run folder; a relative one is relative to the working directory, as for every path here.
         train (bool): False measures the architecture only (params, GFLOPs, latency): the paper's cost columns.
         on_model (callable, optional): Called with each `YOLO` model before training (for callbacks).
+        out (str | Path): Run folder; a relative one is relative to the working directory, as for every path here.
     """
     from ultralytics import YOLO
 

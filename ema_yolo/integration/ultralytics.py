@@ -4,31 +4,25 @@ Three facts about Ultralytics 8.4 drive this module:
 - `parse_model` resolves a YAML module name with `globals()[name]` of `ultralytics.nn.tasks`, so the layers are
   added to that namespace.
 - It passes an unknown module its YAML args unchanged, but first replaces a string arg with the parser's local
-  variable of that name, and it records an unknown module's output width as its input width. A wrapper around
-  `parse_model` puts `GraphArgs` and the names of the locals `ch` (each layer's real output width), `width` and
-  `max_channels` first in every attention row, so the layer is built for the real width of the layer it reads from,
-  whatever its `from` and whatever channel count the row writes (`[c2]`, or a literal such as `[512]`, checked
-  against its width-scaled value). `tests/test_integration.py` pins this.
+  variable of that name, and it records an unknown module's output width as its input width. `graph_widths` wraps
+  `parse_model` to give an attention layer, through those locals, the real width of the layer it reads from,
+  whatever its row writes (`[c2]`, or a literal such as `[512]`). `tests/test_integration.py` pins this.
 - Model YAML names go through `ultralytics.utils.checks.check_file`, which only searches Ultralytics' own folder;
   a wrapper adds the YAMLs shipped with ema-yolo for bare file names.
 """
 
 import functools
-import logging
 import os
 from pathlib import Path
 
 import torch
 
-from ..nn import CA, CBAM, EMA, SE, GraphArgs
+from ..nn import CA, CBAM, EMA, SE
+from . import graph_widths
 
 __all__ = ("YAML_LAYERS", "model_cfg_dir", "register", "resolve_model_cfg")
 
 YAML_LAYERS = {"EMA": EMA, "CBAM": CBAM, "CA": CA, "SE": SE}  # name in a model YAML -> class
-PARSER_LOCALS = ("ch", "width", "max_channels")  # parse_model locals an attention row reads (see _graph_row)
-
-LOGGER = logging.getLogger("ema_yolo")
-_width_warnings = set()
 
 
 def model_cfg_dir():
@@ -61,57 +55,6 @@ def _with_packaged_cfgs(check_file):
         return str(packaged) if packaged else check_file(file, *args, **kwargs)
 
     wrapper.ema_yolo_wrapped = check_file
-    return wrapper
-
-
-def _graph_row(row, index, source):
-    """Return model YAML row `[from, n, module, args]` so that an attention layer is built for its input's width.
-
-    The parser resolves the names in PARSER_LOCALS, then calls the layer with GraphArgs first; `complete` then reads
-    the width of the layer the row reads from off the parser's `ch` list, and writes the arguments it settled on back
-    into the row: the parser prints them, and builds a repeated row's (n > 1) further copies from them.
-    """
-    f, n, module, written = row
-    if module not in YAML_LAYERS:
-        return row
-    if not isinstance(f, int):
-        raise ValueError(f"{source}: layer {index} ({module}) reads from {f}: an attention layer reads one layer")
-    args = [None, *PARSER_LOCALS, *written]
-
-    def complete(cls, ch, width, max_channels, *given):
-        from ultralytics.utils.ops import make_divisible
-
-        if not isinstance(ch, list) or not isinstance(width, (int, float)):
-            raise TypeError(f"Ultralytics' parse_model no longer has the locals {PARSER_LOCALS} an attention row reads")
-        channels = ch[f]
-        if written and written[0] != "c2":  # a literal width, as for Conv: accepted, checked against its scaled value
-            if not isinstance(given[0], int) or isinstance(given[0], bool) or given[0] < 1:
-                raise ValueError(f"{source}: layer {index} ({module}): width {written[0]!r} is not c2 or an int")
-            nominal = make_divisible(min(given[0], max_channels) * width, 8)
-            message = (f"{source}: layer {index} {module} [{given[0]}] is {nominal} channels at this scale, but the "
-                       f"layer it reads from gives {channels}; using {channels} (write [c2] to take it from the graph)")
-            if nominal != channels and message not in _width_warnings:
-                _width_warnings.add(message)
-                LOGGER.warning(message)
-        args[:] = [channels, *given[1 if written else 0 :]]
-        return args
-
-    args[0] = GraphArgs(complete)
-    return [f, n, module, args]
-
-
-def _with_graph_widths(parse_model):
-    """Wrap Ultralytics' `parse_model` so attention rows take their input width from the graph (see _graph_row)."""
-
-    @functools.wraps(parse_model)
-    def wrapper(d, ch, verbose=True):
-        source, rows, offset = Path(d.get("yaml_file", "model YAML")).name, {}, 0
-        for part in ("backbone", "head"):
-            rows[part] = [_graph_row(r, offset + i, source) for i, r in enumerate(d.get(part) or [])]
-            offset += len(rows[part])
-        return parse_model({**d, **rows}, ch, verbose)
-
-    wrapper.ema_yolo_wrapped = parse_model
     return wrapper
 
 
@@ -150,8 +93,7 @@ def register():
     from ultralytics.utils import checks
 
     namespace = vars(tasks)
-    if not hasattr(tasks.parse_model, "ema_yolo_wrapped"):
-        tasks.parse_model = _with_graph_widths(tasks.parse_model)
+    graph_widths.install(tasks)
     for name, cls in YAML_LAYERS.items():
         if namespace.get(name, cls) is not cls:
             raise RuntimeError(
