@@ -1,10 +1,14 @@
 """The ablation harness end to end on a tiny generated set, resume after an interruption, and the cost columns."""
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
+from ema_yolo.cli import main as cli
 from ema_yolo.eval.compare import count_gflops, run_compare, variant_cfg
 
 
@@ -30,7 +34,24 @@ def test_gflops_counter_sees_functional_ops():
     assert count_gflops(Functional(), 4) * 1e9 == pytest.approx(2 * 3 * 16 * 32 + 3 * 32)
 
 
-def test_compare_end_to_end_with_resume(tiny_dataset, stock_yolov8n_nc3, tmp_path):
+def test_compare_end_to_end_relative_out_killed_and_resumed(tiny_dataset, stock_yolov8n_nc3, tmp_path, monkeypatch):
+    # The README's form, a relative --out, from another folder: Ultralytics alone would put the weights under its own
+    # runs folder. The command is killed (SIGKILL) once the first variant is done, then interrupted in the second
+    # variant's first epoch: each re-run of the same command continues, never retraining what is finished.
+    command = ["compare", "--data", str(tiny_dataset), "--variants", "baseline,ema", "--out", "runs/compare/tiny",
+               "--epochs", "2", "--imgsz", "64", "--batch", "8", "--workers", "0", "--pretrained", str(stock_yolov8n_nc3)]
+    out = tmp_path / "runs" / "compare" / "tiny"
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "ema_yolo", *command], cwd=tmp_path, stdout=log, stderr=log)
+        deadline = time.monotonic() + 300
+        while not (out / "baseline" / "done.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait()
+    assert (out / "baseline" / "done.json").is_file(), (tmp_path / "killed.log").read_text()[-3000:]
+    baseline_done = (out / "baseline" / "done.json").stat().st_mtime_ns
+    assert not (out / "ema" / "weights" / "last.pt").exists()  # killed before the second variant saved an epoch
+
     interrupted = []
 
     def interrupt_ema_after_first_epoch(model):
@@ -41,24 +62,32 @@ def test_compare_end_to_end_with_resume(tiny_dataset, stock_yolov8n_nc3, tmp_pat
 
             model.add_callback("on_fit_epoch_end", stop)
 
-    kwargs = dict(epochs=2, imgsz=64, batch=8, device="cpu", workers=0, protocol="coco", pretrained=stock_yolov8n_nc3)
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        run_compare(tiny_dataset, "yolov8", "n", ["baseline", "ema"], tmp_path / "cmp", on_model=interrupt_ema_after_first_epoch, **kwargs)
-    assert interrupted == [0] and (tmp_path / "cmp" / "baseline" / "done.json").is_file()
-    baseline_done = (tmp_path / "cmp" / "baseline" / "done.json").stat().st_mtime_ns
-    assert (tmp_path / "cmp" / "ema" / "weights" / "last.pt").is_file() and not (tmp_path / "cmp" / "ema" / "done.json").exists()
+        run_compare(tiny_dataset, "yolov8", "n", ["baseline", "ema"], "runs/compare/tiny", epochs=2, imgsz=64, batch=8,
+                    workers=0, pretrained=stock_yolov8n_nc3, on_model=interrupt_ema_after_first_epoch)
+    assert interrupted == [0] and not (out / "ema" / "done.json").exists()
+    assert (out / "ema" / "weights" / "last.pt").is_file()
 
-    rows = run_compare(tiny_dataset, "yolov8", "n", ["baseline", "ema"], tmp_path / "cmp", **kwargs)
-    assert (tmp_path / "cmp" / "baseline" / "done.json").stat().st_mtime_ns == baseline_done  # not retrained
-    epochs_run = (tmp_path / "cmp" / "ema" / "results.csv").read_text().strip().splitlines()[1:]
+    assert cli(command) == 0
+    assert (out / "baseline" / "done.json").stat().st_mtime_ns == baseline_done  # never retrained
+    epochs_run = (out / "ema" / "results.csv").read_text().strip().splitlines()[1:]
     assert len(epochs_run) == 2  # resumed at epoch 2, not restarted
+    assert sorted(p.relative_to(out).as_posix() for p in tmp_path.rglob("*.pt")) == [
+        f"{v}/weights/{w}.pt" for v in ("baseline", "ema") for w in ("best", "last")]  # nothing elsewhere
+    rows = json.loads((out / "results.json").read_text())
     assert [r["variant"] for r in rows] == ["baseline", "ema"]
     assert [r["transferred"] for r in rows] == [1.0, 1.0]  # every stock value landed in both, recorded before the resume
-    assert json.loads((tmp_path / "cmp" / "ema" / "transfer.json").read_text())["new_layers"] == ["model.7 EMA", "model.10 EMA"]
+    assert json.loads((out / "ema" / "transfer.json").read_text())["new_layers"] == ["model.7 EMA", "model.10 EMA"]
     assert rows[1]["params"] - rows[0]["params"] == (10 * 4**2 + 4 * 4) + (10 * 8**2 + 4 * 8)  # yolov8n: EMA(128), EMA(256)
     for row in rows:
         assert 0.0 <= row["AP"] <= 1.0 and row["GFLOPs"] > 0 and row["latency_ms"] > 0
+        assert row["APl"] is None and row["ARl"] is None  # 64 px images hold no large (> 96^2 px) object: undefined
     assert rows[1]["GFLOPs"] > rows[0]["GFLOPs"]
     for name in ("results.md", "results.csv", "results.json", "map_vs_latency.png", "training_curves.png"):
-        assert (tmp_path / "cmp" / name).is_file(), name
-    assert json.loads((tmp_path / "cmp" / "results.json").read_text()) == rows
+        assert (out / name).is_file(), name
+    table = (out / "results.csv").read_text().splitlines()
+    column = table[0].split(",").index("APl")
+    assert [line.split(",")[column] for line in table[1:]] == ["n/a", "n/a"]
+    md = [line.split(" | ") for line in (out / "results.md").read_text().splitlines()]
+    assert [r[column] for r in md[2:]] == ["n/a", "n/a"]

@@ -48,7 +48,7 @@ def test_known_iou_shift(tmp_path):
     gt = load_ground_truth(_dataset(tmp_path, {"7": (300, 200, [(0, 50, 50, 100, 100)])}))
     metrics = evaluate(gt, [_det(7, 0, (73, 50, 100, 100))], "coco")
     assert metrics["AP"] == pytest.approx(0.3) and metrics["AP50"] == pytest.approx(1.0) and metrics["AP75"] == 0.0
-    assert metrics["APl"] == pytest.approx(0.3) and metrics["APm"] == 0.0  # 100x100 px > 96^2: COCO 'large'
+    assert metrics["APl"] == pytest.approx(0.3) and metrics["APm"] is None  # 100x100 px > 96^2: COCO 'large'; no medium
 
 
 def test_visdrone_ignored_region_rules(tmp_path):
@@ -79,10 +79,27 @@ def test_max_detections_caps(tmp_path):
     assert evaluate(gt, predictions(150), "visdrone")["AR100"] == 0.0 and evaluate(gt, predictions(150), "visdrone")["AR500"] == 1.0
 
 
-def test_coco_protocol_equals_pycocotools_run_directly(tmp_path):
+def _pycocotools(gt_json, predictions):
+    """pycocotools' COCOeval run directly on a COCO ground-truth dict, summarised."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    with contextlib.redirect_stdout(io.StringIO()):
+        api = COCO()
+        api.dataset = gt_json
+        api.createIndex()
+        direct = COCOeval(api, api.loadRes(predictions), "bbox")
+        direct.evaluate(), direct.accumulate(), direct.summarize()
+    return direct
+
+
+def _assert_summary_equals_pycocotools(ours, direct):
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")  # its stats order
+    for key, value in zip(keys, direct.stats):
+        assert ours[key] == (None if value == -1 else pytest.approx(value, abs=1e-9)), key  # -1: undefined
+
+
+def test_coco_protocol_equals_pycocotools_run_directly(tmp_path):
     rng = np.random.default_rng(0)
     images, gt_json, preds = {}, {"images": [], "annotations": [], "categories": [{"id": 1}, {"id": 2}]}, []
     for i in range(12):
@@ -95,15 +112,47 @@ def test_coco_protocol_equals_pycocotools_run_directly(tmp_path):
             jitter = rng.normal(0, 4, 4)
             preds.append(_det(i, c if rng.random() > 0.1 else 1 - c, (x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]), float(rng.random())))
     ours = evaluate(load_ground_truth(_dataset(tmp_path, images)), preds, "coco")
-    with contextlib.redirect_stdout(io.StringIO()):
-        api = COCO()
-        api.dataset = gt_json
-        api.createIndex()
-        direct = COCOeval(api, api.loadRes(preds), "bbox")
-        direct.evaluate(), direct.accumulate(), direct.summarize()
-    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-    for key, value in zip(keys, direct.stats):
-        assert ours[key] == pytest.approx(max(value, 0.0), abs=1e-9), key
+    _assert_summary_equals_pycocotools(ours, _pycocotools(gt_json, preds))
+
+
+def test_undefined_ap_is_null_as_in_pycocotools(tmp_path, monkeypatch, capsys):
+    # Class 'b' never occurs and no object is large (> 96^2 px): pycocotools marks their AP -1, undefined. Perfect
+    # predictions then score AP 1.0 over the classes present, with 'b' and APl None (printed n/a, JSON null), and a
+    # class present but missed entirely scores 0.0, not None. pycocotools run directly is the oracle.
+    boxes = {1: [(0, 10, 10, 50, 40), (2, 100, 50, 60, 60)], 2: [(2, 5, 5, 30, 30)]}
+    data = _dataset(tmp_path, {str(i): (200, 160, b) for i, b in boxes.items()}, names=("a", "b", "c"))
+    gt_json = {"images": [{"id": i, "width": 200, "height": 160} for i in boxes],
+               "categories": [{"id": c} for c in (1, 2, 3)], "annotations": []}
+    for i, image in boxes.items():
+        for c, *box in image:
+            gt_json["annotations"].append({"id": len(gt_json["annotations"]) + 1, "image_id": i, "category_id": c + 1,
+                                           "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+    perfect = [_det(i, c, box) for i, image in boxes.items() for c, *box in image]
+    gt = load_ground_truth(data)
+    for predictions, expected_ap, per_class in ((perfect, 1.0, {"a": 1.0, "b": None, "c": 1.0}),
+                                                (perfect[1:], 0.5, {"a": 0.0, "b": None, "c": 1.0})):
+        direct = _pycocotools(gt_json, predictions)
+        precision = direct.eval["precision"][:, :, :, 0, -1]
+        oracle = {n: float(precision[:, :, k].mean()) if (precision[:, :, k] > -1).any() else None for k, n in enumerate("abc")}
+        assert oracle == pytest.approx(per_class)
+        ours = evaluate(gt, predictions, "coco")
+        assert ours["per_class"] == pytest.approx(oracle) and ours["AP"] == pytest.approx(expected_ap)
+        _assert_summary_equals_pycocotools(ours, direct)
+        assert ours["APl"] is None and ours["ARl"] is None
+        visdrone = evaluate(gt, predictions, "visdrone")
+        assert visdrone["per_class"] == pytest.approx(oracle) and visdrone["AP"] == pytest.approx(expected_ap)
+    # VisDrone: every detection inside an ignored region leaves none to score; classes present are missed, 'b' undefined
+    ignored = load_ground_truth(_dataset(tmp_path / "ig", {"1": (200, 160, boxes[1])}, ("a", "b", "c"), {"1": [(150, 0, 50, 50)]}))
+    missed = evaluate(ignored, [_det(1, 1, (160, 5, 20, 20))], "visdrone")
+    assert missed["per_class"] == {"a": 0.0, "b": None, "c": 0.0} and missed["AP"] == 0.0 and missed["AR500"] == 0.0
+    # the command, run from another folder with relative paths: n/a printed, null stored
+    monkeypatch.chdir(tmp_path / "val")
+    (tmp_path / "val" / "p.json").write_text(json.dumps(perfect))
+    assert cli(["eval", "--data", "../data.yaml", "--predictions", "p.json", "--json", "out/m.json"]) == 0
+    printed = dict(line.split() for line in capsys.readouterr().out.splitlines() if len(line.split()) == 2)
+    assert (printed["AP"], printed["APl"], printed["a"], printed["b"]) == ("1.0000", "n/a", "1.0000", "n/a")
+    stored = json.loads((tmp_path / "val" / "out" / "m.json").read_text())
+    assert stored["per_class"] == pytest.approx({"a": 1.0, "b": None, "c": 1.0}) and stored["APl"] is None
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):

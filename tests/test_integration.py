@@ -44,33 +44,48 @@ def test_register_is_idempotent_and_injects_names():
         assert getattr(tasks, name) is cls
 
 
-def test_parse_model_gives_attention_rows_their_input_channels():
-    # Pins the mechanism against the installed Ultralytics: 'c2' at the top of a row = previous layer's channels.
+def test_attention_rows_take_their_width_from_the_graph(caplog):
+    # Pins the mechanism against the installed Ultralytics: an attention layer is built for the real width of the
+    # layer it reads from, whatever its `from` and whatever width its row writes; a literal that is not that width
+    # once scaled is accepted with one warning line.
     from ultralytics.nn.tasks import parse_model
 
     d = {
         "nc": 2,
         "scales": {"s": [1.0, 0.75, 1024]},
         "scale": "s",
+        "yaml_file": "/somewhere/my-model.yaml",
         "backbone": [[-1, 1, "Conv", [64, 3, 2]], [-1, 1, "EMA", ["c2"]], [-1, 1, "Conv", [48, 3, 1]]],
-        "head": [[-1, 1, "SE", ["c2"]], [-1, 1, "CBAM", ["c2"]], [-1, 1, "CA", ["c2"]]],
+        "head": [[-1, 1, "SE", ["c2"]], [-1, 1, "CBAM", [48]], [1, 1, "CA", [64]], [0, 1, "EMA", [512, 8]], [-1, 2, "SE", []]],
     }
-    model, _ = parse_model(d, ch=3, verbose=False)
+    for _ in range(2):
+        model, _ = parse_model(json.loads(json.dumps(d)), ch=3, verbose=False)
     assert model[1].channels == 48 and model[1].groups == 24  # 64 * 0.75 = 48 -> 24 groups of 2
-    assert model[3].fc1.in_channels == model[4].fc1.in_channels == model[5].conv1.in_channels == 40  # 48*0.75 -> 40
+    assert model[3].fc1.in_channels == model[4].fc1.in_channels == 40  # 48 * 0.75 = 36 -> 40 (multiple of 8)
+    assert model[5].conv1.in_channels == 48  # reads layer 1: 48, its written 64 scales to 48, so no warning
+    assert (model[6].channels, model[6].groups) == (48, 8)  # reads layer 0 (48), not the previous layer (40)
+    assert [m.fc1.in_channels for m in model[7]] == [48, 48]  # no width written, repeated twice
+    warnings = [r.getMessage() for r in caplog.records if "my-model.yaml" in r.getMessage()]
+    assert warnings == ["my-model.yaml: layer 6 EMA [512] is 384 channels at this scale, but the layer it reads from "
+                        "gives 48; using 48 (write [c2] to take it from the graph)"]  # once, though parsed twice
+    d["head"][0][0] = [-1, 2]
+    with pytest.raises(ValueError, match=r"my-model.yaml: layer 3 \(SE\) reads from \[-1, 2\]: an attention layer reads one"):
+        parse_model(d, ch=3, verbose=False)
 
 
 def test_registration_fails_clearly_if_ultralytics_changes(monkeypatch):
     from ultralytics.nn import tasks
 
-    real = tasks.parse_model
+    stock = tasks.parse_model.ema_yolo_wrapped
 
-    def renamed_locals(d, ch, verbose=True):  # a parser whose locals no longer hold 'c2'
-        d = {**d, "backbone": [[f, n, m, ["c_out" if a == "c2" else a for a in args]] for f, n, m, args in d["backbone"]]}
-        return real(d, ch, verbose)
+    def renamed_locals(d, ch, verbose=True):  # a parser whose locals no longer hold 'ch'
+        def rows(part):
+            return [[f, n, m, ["channels" if a == "ch" else a for a in args]] for f, n, m, args in d[part]]
+
+        return stock({**d, "backbone": rows("backbone"), "head": rows("head")}, ch, verbose)
 
     monkeypatch.setattr(tasks, "parse_model", renamed_locals)
-    with pytest.raises(RuntimeError, match=r"cannot hook into ultralytics .*EMA needs a positive int channel count"):
+    with pytest.raises(RuntimeError, match=r"cannot hook into ultralytics .*no longer has the locals \('ch'"):
         ema_yolo.register()
     monkeypatch.setattr(tasks, "parse_model", lambda d, ch, verbose=True: (_ for _ in ()).throw(KeyError("EMA")))
     with pytest.raises(RuntimeError, match=r"cannot hook into ultralytics .*KeyError: 'EMA'"):
@@ -101,6 +116,34 @@ def test_exact_parameter_counts():
     assert sum(count(m) for m in p2x.modules() if isinstance(m, EMA)) == 11280
     assert sum(isinstance(m, EMA) for m in p2x.modules()) == 5
     assert count(p2x) - count(YOLO("yolov5x-p2.yaml").model) == 11280
+
+
+@pytest.mark.parametrize("layer", ["ema", "cbam"])
+def test_rows_with_literal_widths_build_the_c2_model_and_train(layer, tiny_dataset, tmp_path, caplog):
+    # Public recipes write an attention row's unscaled width, as for Conv: [-1, 1, EMA, [512]]. yolov8-<layer>.yaml
+    # written that way builds the same model as with [c2] at scales n and x, without a warning, and trains.
+    import yaml
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    d = yaml.safe_load((model_cfg_dir() / f"yolov8-{layer}.yaml").read_text())
+    rows = d["backbone"] + d["head"]
+    attention = [i for i, row in enumerate(rows) if row[3] == ["c2"]]
+    for i in attention:
+        rows[i][3] = [rows[i - 1][3][0]]  # the width written on the row before
+    assert [rows[i][3] for i in attention] == [[512], [1024]]
+    for scale in "nx":
+        (tmp_path / f"yolov8{scale}-{layer}.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+        literal, c2 = YOLO(tmp_path / f"yolov8{scale}-{layer}.yaml").model, YOLO(f"yolov8{scale}-{layer}.yaml").model
+        assert sum(p.numel() for p in literal.parameters()) == sum(p.numel() for p in c2.parameters())
+        assert str(literal.model[7]) == str(c2.model[7]) and str(literal.model[10]) == str(c2.model[10])
+    assert not [r for r in caplog.records if "yaml: layer" in r.getMessage()]
+    model = YOLO(tmp_path / f"yolov8n-{layer}.yaml")
+    model.train(data=str(tiny_dataset), epochs=1, imgsz=64, batch=8, device="cpu", workers=0, amp=False, plots=False,
+                project=str(tmp_path), name="train", verbose=False)
+    trained = torch.load(tmp_path / "train" / "weights" / "last.pt", weights_only=False)["model"]
+    c2 = DetectionModel(f"yolov8n-{layer}.yaml", nc=3, verbose=False)  # with the dataset's 3 classes
+    assert {k: v.shape for k, v in trained.state_dict().items()} == {k: v.shape for k, v in c2.state_dict().items()}
 
 
 def test_ablation_files_differ_from_the_ema_file_only_in_the_layer():

@@ -37,11 +37,16 @@ def model_predictions(model, data, protocol="coco", imgsz=640, split="val", devi
         return json.loads((Path(tmp) / "val" / "predictions.json").read_text())
 
 
+def format_metric(value):
+    """A metric as printed: four decimals, or 'n/a' where it is undefined (None, see `protocols.evaluate`)."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def format_table(metrics, protocol):
     """A terminal table of the summary metrics and per-class AP."""
     lines = [f"{protocol} protocol", "-" * 28]
-    lines += [f"{k:<10}{v:>10.4f}" for k, v in metrics.items() if k != "per_class"]
-    lines += ["-" * 28, "per-class AP"] + [f"{name:<18}{ap:>10.4f}" for name, ap in metrics["per_class"].items()]
+    lines += [f"{k:<10}{format_metric(v):>10}" for k, v in metrics.items() if k != "per_class"]
+    lines += ["-" * 28, "per-class AP"] + [f"{n:<18}{format_metric(ap):>10}" for n, ap in metrics["per_class"].items()]
     return "\n".join(lines)
 
 
@@ -87,5 +92,6 @@ def main(argv=None):
     if args.json == "-":
         print(json.dumps(metrics, indent=2))
     elif args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(metrics, indent=2))
     return 0

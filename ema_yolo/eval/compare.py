@@ -16,7 +16,7 @@ import torch
 
 from ..bench import time_calls
 from ..integration.transfer import transfer_report
-from .commands import model_predictions
+from .commands import format_metric, model_predictions
 from .protocols import evaluate, load_ground_truth
 
 __all__ = ("count_gflops", "measure_latency", "run_compare", "variant_cfg")
@@ -101,9 +101,12 @@ def _plots(out, rows, folders):
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for r in rows:
-        ax.scatter(r["latency_ms"], r["AP"], s=60)
-        ax.annotate(r["variant"], (r["latency_ms"], r["AP"]), textcoords="offset points", xytext=(5, 5))
-    ax.set(xlabel="latency, batch 1 (ms)", ylabel="mAP50:95", title="accuracy vs latency")
+        if r["AP"] is not None:  # undefined (no ground truth): no point to place
+            ax.scatter(r["latency_ms"], r["AP"], s=60)
+            ax.annotate(r["variant"], (r["latency_ms"], r["AP"]), textcoords="offset points", xytext=(5, 5))
+    undefined = [r["variant"] for r in rows if r["AP"] is None]
+    title = "accuracy vs latency" + (f" (mAP50-95 n/a: {', '.join(undefined)})" if undefined else "")
+    ax.set(xlabel="latency, batch 1 (ms)", ylabel="mAP50-95", title=title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "map_vs_latency.png", dpi=120)
@@ -138,10 +141,11 @@ def run_compare(data, family, scale, variants, out, epochs=100, imgsz=640, batch
             the checkpoint's values that landed. None trains from scratch.
         train (bool): False measures the architecture only (params, GFLOPs, latency): the paper's cost columns.
         on_model (callable, optional): Called with each `YOLO` model before training (for callbacks).
+        out (str | Path): Run folder; a relative one is relative to the working directory, as for every path here.
     """
     from ultralytics import YOLO
 
-    out = Path(out)
+    out = Path(out).resolve()  # Ultralytics puts a relative `project` under its own runs folder, not the caller's
     out.mkdir(parents=True, exist_ok=True)
     if pretrained and Path(pretrained).is_file():
         pretrained = str(Path(pretrained).resolve())  # a bare name such as yolov8s.pt is left to Ultralytics' download
@@ -163,7 +167,7 @@ def run_compare(data, family, scale, variants, out, epochs=100, imgsz=640, batch
         if train:
             best = _train(cfg, folder, settings, on_model)
             metrics = evaluate(gt, model_predictions(best, data, protocol, imgsz, device=device), protocol, str(best))
-            row.update({k: round(v, 4) for k, v in metrics.items() if k != "per_class"})
+            row.update({k: None if v is None else round(v, 4) for k, v in metrics.items() if k != "per_class"})
             if (folder / "transfer.json").is_file():
                 row["transferred"] = json.loads((folder / "transfer.json").read_text())["transferred"]
             net = YOLO(best).model
@@ -175,7 +179,9 @@ def run_compare(data, family, scale, variants, out, epochs=100, imgsz=640, batch
         row["GFLOPs"] = round(count_gflops(net, imgsz), 6)
         row["latency_ms"] = round(measure_latency(net, imgsz), 2)
         folder.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps(row, indent=2))
+        partial = done.with_suffix(".partial")  # a run killed while writing leaves no half-written marker
+        partial.write_text(json.dumps(row, indent=2))
+        partial.replace(done)
         rows.append(row)
     _write_tables(out, rows)
     if train:
@@ -185,13 +191,14 @@ def run_compare(data, family, scale, variants, out, epochs=100, imgsz=640, batch
 
 def _write_tables(out, rows):
     keys = list(dict.fromkeys(k for r in rows for k in r))
+    shown = [{k: format_metric(None) if k in r and r[k] is None else r.get(k, "") for k in keys} for r in rows]  # n/a
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, keys)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(shown)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(f"{r.get(k, ''):,}" if isinstance(r.get(k), int) else str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(f"{r[k]:,}" if isinstance(r[k], int) else str(r[k]) for k in keys) + " |" for r in shown]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -170,8 +170,13 @@ def _cap_per_image(predictions, max_det):
 def evaluate(gt, predictions, protocol="coco", source="predictions"):
     """Score `predictions` against `gt` with pycocotools under the `coco` or `visdrone` protocol.
 
+    A metric is None where it is undefined, as pycocotools marks with -1: the AP of a class without ground truth
+    (after the VisDrone ignored-region rule), APl/ARl without large objects, and so on. Means leave undefined values
+    out, as pycocotools' `summarize` does and as the VisDrone toolkit's `calcAccuracy` averages over the classes
+    present; a class the model missed entirely scores 0.0.
+
     Returns:
-        (dict): Metrics as floats in [0, 1] (keys COCO_KEYS or VISDRONE_KEYS), plus 'per_class' {name: AP}.
+        (dict): Metrics as floats in [0, 1] or None (keys COCO_KEYS or VISDRONE_KEYS), plus 'per_class' {name: AP}.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -184,9 +189,6 @@ def evaluate(gt, predictions, protocol="coco", source="predictions"):
         coco_dict, predictions = _drop_in_ignored(gt, predictions)
     elif protocol != "coco":
         raise EvalError(f"unknown protocol {protocol!r} (coco or visdrone)")
-    if not predictions:  # every detection fell in ignored regions
-        zeros = dict.fromkeys(COCO_KEYS if protocol == "coco" else VISDRONE_KEYS, 0.0)
-        return {**zeros, "per_class": dict.fromkeys(gt.names.values(), 0.0)}
     # pycocotools sorts image ids: number them, since file stems mix ints and strings.
     index = {im["id"]: i for i, im in enumerate(coco_dict["images"])}
     coco_dict = {
@@ -199,7 +201,12 @@ def evaluate(gt, predictions, protocol="coco", source="predictions"):
         api = COCO()
         api.dataset = coco_dict
         api.createIndex()
-        results = api.loadRes(predictions)
+        if predictions:
+            results = api.loadRes(predictions)
+        else:  # every detection fell in ignored regions; loadRes cannot take none, COCOeval can
+            results = COCO()
+            results.dataset = {"images": coco_dict["images"], "categories": coco_dict["categories"], "annotations": []}
+            results.createIndex()
         evaluator = COCOeval(api, results, "bbox")
         evaluator.params.maxDets = max_dets
         evaluator.evaluate()
@@ -208,19 +215,19 @@ def evaluate(gt, predictions, protocol="coco", source="predictions"):
             evaluator.summarize()
     precision, recall = evaluator.eval["precision"], evaluator.eval["recall"]  # [T, R, K, A, M], [T, K, A, M]
 
-    def valid_mean(values):  # pycocotools marks "no ground truth here" with -1
+    def valid_mean(values):  # pycocotools marks "no ground truth here" with -1: undefined, left out of means
         values = values[values > -1]
-        return float(values.mean()) if values.size else 0.0
+        return float(values.mean()) if values.size else None
 
     def ap(iou=None):
         p = precision if iou is None else precision[np.isclose(evaluator.params.iouThrs, iou)]
         return valid_mean(p[:, :, :, 0, -1])
 
     if protocol == "coco":
-        metrics = dict(zip(COCO_KEYS, (max(float(v), 0.0) for v in evaluator.stats)))
+        metrics = dict(zip(COCO_KEYS, (float(v) if v > -1 else None for v in evaluator.stats)))
     else:
-        metrics = {"AP": ap(), "AP50": ap(0.5), "AP75": ap(0.75)}
-        metrics.update({f"AR{m}": valid_mean(recall[:, :, 0, i]) for i, m in enumerate(max_dets)})
+        recalls = (valid_mean(recall[:, :, 0, i]) for i in range(len(max_dets)))
+        metrics = dict(zip(VISDRONE_KEYS, (ap(), ap(0.5), ap(0.75), *recalls)))
     per_class = {
         gt.names[gt.category_ids.index(category)]: valid_mean(precision[:, :, k, 0, -1])
         for k, category in enumerate(evaluator.params.catIds)

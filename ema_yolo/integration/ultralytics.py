@@ -1,13 +1,16 @@
 """Inject ema-yolo's layers and model YAMLs into a stock Ultralytics, without editing its files.
 
-Three facts about Ultralytics 8.4 drive this module:
+Four facts about Ultralytics 8.4 drive this module:
 - `parse_model` resolves a YAML module name with `globals()[name]` of `ultralytics.nn.tasks`, so the layers are
   added to that namespace.
 - It passes an unknown module its YAML args unchanged, but first replaces a string arg with the parser's local
-  variable of that name. At the top of a row `c2` is the previous layer's real (width-scaled) output channel count,
-  so a row `[-1, 1, EMA, [c2]]` gives EMA its input channels at every scale. `tests/test_integration.py` pins this.
+  variable of that name, and it records an unknown module's output width as its input width. `graph_widths` wraps
+  `parse_model` to give an attention layer, through those locals, the real width of the layer it reads from,
+  whatever its row writes (`[c2]`, or a literal such as `[512]`). `tests/test_integration.py` pins this.
 - Model YAML names go through `ultralytics.utils.checks.check_file`, which only searches Ultralytics' own folder;
   a wrapper adds the YAMLs shipped with ema-yolo for bare file names.
+- Every pretrained load (`YOLO(yaml).load(pt)`, `pretrained=PATH` in the CLI, the Python API and DDP workers) goes
+  through `BaseModel.load`, which matches tensors by index; `transfer` wraps it to align layers structurally.
 """
 
 import functools
@@ -17,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..nn import CA, CBAM, EMA, SE
-from . import transfer
+from . import graph_widths, transfer
 
 __all__ = ("YAML_LAYERS", "model_cfg_dir", "register", "resolve_model_cfg")
 
@@ -58,17 +61,19 @@ def _with_packaged_cfgs(check_file):
 
 
 def _check_parse_model(tasks):
-    """Build a two-layer model through Ultralytics' parser: fail now, with a clear message, if the mechanism broke."""
+    """Build a four-layer model through Ultralytics' parser: fail now, with a clear message, if the mechanism broke."""
     import ultralytics
 
-    d = {"nc": 1, "backbone": [[-1, 1, "Conv", [64, 3, 2]], [-1, 1, "EMA", ["c2"]]], "head": []}
+    # Widths at scale n: 32, 8; layer 2 reads layer 0 (a literal 64 = 32 at this scale), layer 3 reads layer 1 ([c2]).
+    d = {"nc": 1, "scales": {"n": [1.0, 0.5, 1024]}, "scale": "n", "head": [], "backbone": [
+        [-1, 1, "Conv", [64, 3, 2]], [-1, 1, "Conv", [16, 3, 1]], [0, 1, "EMA", [64]], [1, 1, "EMA", ["c2", 8]]]}
     try:
         layers, _ = tasks.parse_model(d, ch=3, verbose=False)
-        ok = isinstance(layers[1], EMA) and layers[1].channels == 64
+        ok = isinstance(layers[2], EMA) and (layers[2].channels, layers[3].channels) == (32, 8)
     except Exception as e:  # noqa: BLE001 - any failure here means the mechanism no longer works
         ok, reason = False, f"{type(e).__name__}: {e}"
     else:
-        reason = "the 'c2' argument did not resolve to the previous layer's channels"
+        reason = "the attention layers did not get the width of the layer they read from"
     if not ok:
         raise RuntimeError(
             f"ema-yolo cannot hook into ultralytics {ultralytics.__version__}: its model parser no longer resolves "
@@ -79,19 +84,21 @@ def _check_parse_model(tasks):
 def register():
     """Make EMA, CBAM, CA and SE resolvable in Ultralytics model YAMLs, and ema-yolo's YAMLs by bare name.
 
-    Also makes pretrained loads structural (`transfer.install`): a stock checkpoint lands in a model that inserts
-    attention rows into its architecture. Idempotent. Also allows the layers in `torch.load(weights_only=True)`, which Ultralytics uses when
+    Also gives attention rows their width from the graph (`graph_widths.install`) and makes pretrained loads
+    structural (`transfer.install`): a stock checkpoint lands in a model that inserts attention rows into its
+    architecture. Idempotent. Also allows the layers in `torch.load(weights_only=True)`, which Ultralytics uses when
     `ULTRALYTICS_SAFE_LOAD=1`.
 
     Raises:
         RuntimeError: If Ultralytics already defines one of these names as something else, its model parser no
-            longer gives the layers their input channels (checked on a two-layer model, about a millisecond), or
+            longer gives the layers their input channels (checked on a four-layer model, about 2 ms), or
             loading pretrained weights no longer goes through `BaseModel.load` (checked on a three-layer model).
     """
     from ultralytics.nn import tasks
     from ultralytics.utils import checks
 
     namespace = vars(tasks)
+    graph_widths.install(tasks)
     for name, cls in YAML_LAYERS.items():
         if namespace.get(name, cls) is not cls:
             raise RuntimeError(

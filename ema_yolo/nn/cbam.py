@@ -3,10 +3,12 @@
 import torch
 from torch import nn
 
+from .graph_args import GraphArgsMeta
+
 __all__ = ("CBAM",)
 
 
-class CBAM(nn.Module):
+class CBAM(nn.Module, metaclass=GraphArgsMeta):
     """CBAM: channel attention (shared MLP over average- and max-pooled features), then spatial attention (a KxK conv
     over the channel-wise mean and max maps).
 

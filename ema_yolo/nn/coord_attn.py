@@ -3,10 +3,12 @@
 import torch
 from torch import nn
 
+from .graph_args import GraphArgsMeta
+
 __all__ = ("CA",)
 
 
-class CA(nn.Module):
+class CA(nn.Module, metaclass=GraphArgsMeta):
     """Coordinate Attention: pool along each spatial direction, a shared 1x1 conv + BN + h-swish on both, then two
     1x1 convs give a height gate and a width gate. Pools are `mean`, so dynamic-shape ONNX export stays correct.
 

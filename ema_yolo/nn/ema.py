@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .ema_function import EMAFunction, ema_forward
+from .graph_args import GraphArgsMeta
 
 __all__ = ("EMA", "ema_groups")
 
@@ -31,17 +32,13 @@ def ema_groups(channels, factor=32):
         (32, 24, 16, 5)
     """
     if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-        raise TypeError(
-            f"EMA needs a positive int channel count, got {channels!r}. In a model YAML write the row as "
-            "`[-1, 1, EMA, [c2]]`: ema-yolo relies on Ultralytics' parse_model resolving 'c2' to the previous "
-            "layer's output channels, and this Ultralytics version did not."
-        )
+        raise TypeError(f"EMA needs a positive int channel count, got {channels!r}")
     if not isinstance(factor, int) or factor < 1:
         raise ValueError(f"EMA factor must be a positive int, got {factor!r}")
     return next(g for g in range(min(factor, channels), 0, -1) if channels % g == 0)
 
 
-class EMA(nn.Module):
+class EMA(nn.Module, metaclass=GraphArgsMeta):
     """Efficient Multi-Scale Attention (Ouyang et al., ICASSP 2023, arXiv 2305.13563).
 
     Mathematically identical to the published module (`EMAReference`), forward and backward, with the same
@@ -96,10 +93,7 @@ class EMA(nn.Module):
     def forward(self, x):
         """Apply EMA to `x` of shape (B, C, H, W)."""
         if not torch.jit.is_tracing() and x.shape[1] != self.channels:
-            raise ValueError(
-                f"EMA was built for {self.channels} channels but got {x.shape[1]}: an attention row in a model YAML "
-                "must read from the layer just before it (from = -1)"
-            )
+            raise ValueError(f"EMA was built for {self.channels} channels but got an input with {x.shape[1]}")
         if torch.jit.is_tracing():  # exporters record the plain ops; a custom Function would be opaque to them
             return ema_forward(x, self.groups, self.gn.eps, *self._params())[0]
         return EMAFunction.apply(x, self.groups, self.gn.eps, *self._params())

@@ -2,10 +2,12 @@
 
 from torch import nn
 
+from .graph_args import GraphArgsMeta
+
 __all__ = ("SE",)
 
 
-class SE(nn.Module):
+class SE(nn.Module, metaclass=GraphArgsMeta):
     """Squeeze-and-Excitation: global average pool, bottleneck MLP (1x1 convs), sigmoid channel gate.
 
     Args:
