@@ -15,6 +15,7 @@ import functools
 import os
 import weakref
 
+import torch
 from torch import nn
 
 __all__ = ("TransferReport", "align_layers", "install", "near_identity", "transfer_report")
@@ -185,8 +186,6 @@ def near_identity(layer, logit=2.0):
     Returns:
         (ema_yolo.nn.EMA): `layer`.
     """
-    import torch
-
     with torch.no_grad():
         layer.gn.weight.zero_()
         layer.gn.bias.fill_(logit)
@@ -251,8 +250,6 @@ def _initialise_new_layers(model, report):
 
 def _check_load_path(tasks):
     """Load a three-layer model into one with an inserted EMA through `BaseModel.load`: fail loudly if it misses."""
-    import torch
-
     def build(rows):
         model = tasks.BaseModel()
         d = {"nc": 1, "backbone": rows, "head": []}
