@@ -1,0 +1,116 @@
+"""Let model YAMLs use the CSP blocks with attention inside (`ema_yolo.nn.csp_attn`: C2fEMA, C3EMA, C3k2EMA, ...).
+
+Ultralytics' `parse_model` scales a block's width, inserts its repeat count and applies the C3k2 `c3k` rule (and the
+detection head's `legacy` switch) only for classes in its own private sets, tested by identity; any other class gets
+its YAML arguments unscaled and an output width equal to its input. So a subclass of C2f named in a YAML would be
+built with the wrong widths. The injection point is the module function `ultralytics.nn.tasks.parse_model`, which
+every model class calls by that global name: `install()` wraps it so that the stock parser builds the stock parent
+of each such row (`C2f` for `C2fEMA`) with all its rules, and the built block then gets its attention layers
+(`from_stock`: same convolution objects, class switched in place). Rows of other modules are untouched.
+
+The first time a YAML uses one of these blocks, the wrapper checks the mechanism on a two-row model at scale m
+(width, repeats and `c3k` must come out exactly as the stock parser builds the stock block) and raises a clear
+error if a new Ultralytics release broke it. Calling `ultralytics.nn.parse_model` (the re-export) directly bypasses
+the wrapper; the model classes do not.
+"""
+
+import copy
+import functools
+import importlib
+
+__all__ = ("install",)
+
+_checked = []  # [True] once the mechanism has been checked in this process
+
+
+def _attention_rows(d):
+    """Row index -> block class, for the rows of model dict `d` that name a CSP block with attention."""
+    from ..nn.csp_attn import CSP_ATTN_BLOCKS  # here, not at import: that module imports Ultralytics
+
+    rows = d.get("backbone", []) + d.get("head", [])
+    return {i: CSP_ATTN_BLOCKS[row[2]] for i, row in enumerate(rows) if isinstance(row[2], str) and row[2] in CSP_ATTN_BLOCKS}
+
+
+def _as_stock(d, blocks):
+    """A copy of `d` whose attention-block rows name their stock parents."""
+    d = copy.copy(d)
+    offset = 0
+    for part in ("backbone", "head"):
+        rows = d[part] = list(d.get(part, []))
+        for k, (f, n, _, args) in enumerate(rows):
+            if offset + k in blocks:
+                rows[k] = [f, n, blocks[offset + k].stock.__name__, args]
+        offset += len(rows)
+    return d
+
+
+def _wrap_parse_model(parse_model):
+    """Wrap `tasks.parse_model`: attention-block rows are parsed as their stock parents, then given attention."""
+
+    @functools.wraps(parse_model)
+    def wrapper(d, ch, verbose=True):
+        blocks = _attention_rows(d)
+        if not blocks:
+            return parse_model(d, ch, verbose)
+        if not _checked:
+            _check(parse_model)
+            _checked.append(True)
+        layers, save = parse_model(_as_stock(d, blocks), ch, verbose)
+        for i, cls in blocks.items():
+            block = cls.from_stock(layers[i])
+            block.type, block.np = f"{cls.__module__}.{cls.__name__}", sum(p.numel() for p in block.parameters())
+        if verbose:
+            from ultralytics.utils import LOGGER
+
+            LOGGER.info(f"ema-yolo: attention in every bottleneck of rows {', '.join(map(str, blocks))}")
+        return layers, save
+
+    wrapper.ema_yolo_wrapped = parse_model
+    return wrapper
+
+
+def _check(parse_model):
+    """Parse a two-row YAML with C3k2EMA at scale m and the stock one; fail loudly unless only attention differs."""
+    import ultralytics
+    from ultralytics.nn.modules.block import C3k
+
+    from ..nn.csp_attn import C3k2EMA
+
+    def rows(block):
+        return {"nc": 1, "scale": "m", "scales": {"m": [0.5, 0.5, 1024]}, "head": [],
+                "backbone": [[-1, 1, "Conv", [64, 3, 2]], [-1, 4, block, [128, False]]]}  # fmt: skip
+
+    try:
+        stock = parse_model(rows("C3k2"), ch=3, verbose=False)[0][1]
+        built = parse_model(_as_stock(rows("C3k2EMA"), {1: C3k2EMA}), ch=3, verbose=False)[0][1]
+        built = C3k2EMA.from_stock(built)
+        shapes = [(k, v.shape) for k, v in built.state_dict().items() if ".attn." not in k]
+        ok = (
+            shapes == [(k, v.shape) for k, v in stock.state_dict().items()]
+            and built.cv2.conv.out_channels == 64  # width 0.5
+            and len(built.m) == 2  # repeats 4 * depth 0.5
+            and all(isinstance(m, C3k) for m in built.m)  # the c3k rule at scale m
+            and sum(1 for m in built.modules() if hasattr(m, "attn")) == 4
+        )
+        reason = "the block was not built as the stock parser builds its stock parent"
+    except Exception as e:  # noqa: BLE001 - any failure here means the mechanism no longer works
+        ok, reason = False, f"{type(e).__name__}: {e}"
+    if not ok:
+        raise RuntimeError(
+            f"ema-yolo cannot build C2fEMA/C3EMA/C3k2EMA rows with ultralytics {ultralytics.__version__}: its model "
+            f"parser changed ({reason}). Install a supported version: pip install 'ultralytics>=8.4,<9'"
+        )
+
+
+def install(tasks):
+    """Wrap `tasks.parse_model` (idempotent) so YAML rows may name the CSP blocks with attention inside.
+
+    Also imports `ema_yolo.nn.csp_attn`, which allows its classes in `torch.load(weights_only=True)`. When that module
+    is the one being imported (it imports Ultralytics, whose import registers ema-yolo), it finishes that itself.
+
+    Args:
+        tasks (module): `ultralytics.nn.tasks`.
+    """
+    importlib.import_module("ema_yolo.nn.csp_attn")
+    if not hasattr(tasks.parse_model, "ema_yolo_wrapped"):
+        tasks.parse_model = _wrap_parse_model(tasks.parse_model)
