@@ -76,3 +76,27 @@ def test_task_trains_validates_predicts_and_exports(task, tmp_path_factory):
     got = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["yolov8", "yolo11"])
+@pytest.mark.parametrize("task", list(SUFFIX))
+def test_every_stock_tensor_of_each_task_lands(task, family, tmp_path, make_stock_checkpoint):
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from ema_yolo.integration.transfer import transfer_report
+
+    from ultralytics.nn.tasks import yaml_model_load
+
+    suffix = SUFFIX[task]
+    nc = yaml_model_load(f"{family}n-{suffix}.yaml")["nc"]  # the stock YAML's class count (1 for yolov8-pose, ...)
+    path = make_stock_checkpoint(tmp_path / f"{family}n-{suffix}.pt", f"{family}n-{suffix}.yaml", nc=nc, seed=5)
+    stock = {k: v.float() for k, v in load_checkpoint(path)[0].state_dict().items() if v.is_floating_point()}
+    model = YOLO(f"{family}n-{suffix}-ema.yaml").load(path).model
+    kept = [j for j, m in enumerate(model.model) if not isinstance(m, EMA)]  # stock layer i is target layer kept[i]
+    state = model.state_dict()
+    for key, value in stock.items():
+        _, i, rest = key.split(".", 2)
+        assert torch.equal(state[f"model.{kept[int(i)]}.{rest}"].float(), value), key
+    report = transfer_report(model)
+    assert report.tensors[0] == report.tensors[1] and [j for j, _ in report.new_layers] == [7, 10]
