@@ -140,13 +140,17 @@ def make_coco_raw(dst, images=8, seed=0, width=224, height=160, categories=None)
 
 
 def _outline(shape, box):
-    """Polygon (N, 2) in pixels of shape 0 (square), 1 (disc) or 2 (triangle) as `_draw` fills box (x0, y0, x1, y1)."""
+    """Polygon (N, 2) of shape 0 (square), 1 (disc) or 2 (triangle) as `_draw` fills box (x0, y0, x1, y1).
+
+    In image coordinates (pixel i spans [i, i + 1]), where OpenCV's drawing coordinates are pixel centres.
+    """
     x0, y0, x1, y1 = box
     if shape == 0:
         return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float)
     if shape == 1:
-        return cv2.ellipse2Poly(((x0 + x1) // 2, (y0 + y1) // 2), ((x1 - x0) // 2, (y1 - y0) // 2), 0, 0, 360, 20).astype(float)
-    return np.array([[x0, y1], [(x0 + x1) / 2, y0], [x1, y1]], float)
+        t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        return np.stack([(x0 + x1 + 1) / 2 + (x1 - x0) / 2 * np.cos(t), (y0 + y1 + 1) / 2 + (y1 - y0) / 2 * np.sin(t)], 1)
+    return np.array([[x0, y1], [(x0 + x1) // 2 + 0.5, y0], [x1, y1]], float)
 
 
 def _obb_scene(rng, size, n_classes=3, max_objects=4):
