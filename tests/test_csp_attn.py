@@ -122,19 +122,36 @@ def test_blocks_build_directly_and_checkpoints_load_with_ultralytics_safe_load(t
         assert torch.equal(model(x)[0], loaded(x)[0])
 
 
-def test_self_check_fails_loudly_when_the_parser_stops_scaling_the_parent():
+def test_self_check_fails_loudly_when_ultralytics_changes_what_it_relies_on(monkeypatch):
     from ultralytics.nn import tasks
+    from ultralytics.nn.modules.block import Bottleneck
 
     from ema_yolo.integration import csp_blocks
 
     stock = tasks.parse_model.ema_yolo_wrapped
+    csp_blocks._check(stock)  # this Ultralytics passes
 
-    def unscaled(d, ch, verbose=True):  # a parser that ignores the scale (as it does for unknown modules)
-        return stock({k: v for k, v in d.items() if k not in ("scale", "scales")}, ch, verbose)
+    class RenamedBottleneck(Bottleneck):
+        pass
 
-    csp_blocks._check(stock)  # the real parser passes
-    with pytest.raises(RuntimeError, match="cannot build C2fEMA/C3EMA/C3k2EMA rows with ultralytics"):
-        csp_blocks._check(unscaled)
+    def other_inner_block(d, ch, verbose=True):  # a release whose C3k2 builds another bottleneck class
+        layers, save = stock(d, ch, verbose)
+        for m in layers.modules():
+            if type(m) is Bottleneck:
+                m.__class__ = RenamedBottleneck
+        return layers, save
+
+    def new_signature(d, ch, verbose, channels_last):  # a release whose parser takes another argument
+        return stock(d, ch, verbose)
+
+    match = "cannot build C2fEMA/C3EMA/C3k2EMA rows with ultralytics"
+    with pytest.raises(RuntimeError, match=match):  # no bottleneck would get attention
+        csp_blocks._check(other_inner_block)
+    with pytest.raises(RuntimeError, match=match + ".*TypeError"):
+        csp_blocks._check(new_signature)
+    monkeypatch.setattr(Bottleneck, "forward", lambda self, x: self.cv2(self.cv1(x)))  # a release without shortcut
+    with pytest.raises(RuntimeError, match=match + ".*Bottleneck no longer computes"):
+        csp_blocks._check(stock)
 
 
 @pytest.mark.parametrize("source, target", [("yolov8n.yaml", "yolov8n-c2f-ema.yaml"), ("yolo11n.yaml", "yolo11n-c3k2-ema.yaml"),

@@ -9,8 +9,8 @@ of each such row (`C2f` for `C2fEMA`) with all its rules, and the built block th
 (`from_stock`: same convolution objects, class switched in place). Rows of other modules are untouched.
 
 The first time a YAML uses one of these blocks, the wrapper checks the mechanism on a two-row model at scale m
-(width, repeats and `c3k` must come out exactly as the stock parser builds the stock block) and raises a clear
-error if a new Ultralytics release broke it. Calling `ultralytics.nn.parse_model` (the re-export) directly bypasses
+(the block must come out as the stock parser builds its stock parent, plus attention, and the attention bottleneck
+must compute what the stock one computes) and raises a clear error if a new Ultralytics release broke it. Calling `ultralytics.nn.parse_model` (the re-export) directly bypasses
 the wrapper; the model classes do not.
 """
 
@@ -70,11 +70,18 @@ def _wrap_parse_model(parse_model):
 
 
 def _check(parse_model):
-    """Parse a two-row YAML with C3k2EMA at scale m and the stock one; fail loudly unless only attention differs."""
-    import ultralytics
-    from ultralytics.nn.modules.block import C3k
+    """Fail loudly unless a C3k2EMA row builds the stock C3k2 plus attention, and a bottleneck still computes the same.
 
-    from ..nn.csp_attn import C3k2EMA
+    The row is parsed at scale m (width, repeats and the `c3k` rule all apply) and compared with the stock parse of
+    its parent; `AttnBottleneck` with its attention replaced by identity must compute what the stock `Bottleneck`
+    computes, so a release that changes the bottleneck cannot silently diverge from its subclass.
+    """
+    import torch
+    import ultralytics
+    from torch import nn
+    from ultralytics.nn.modules.block import Bottleneck
+
+    from ..nn.csp_attn import AttnBottleneck, C3k2EMA
 
     def rows(block):
         return {"nc": 1, "scale": "m", "scales": {"m": [0.5, 0.5, 1024]}, "head": [],
@@ -82,23 +89,25 @@ def _check(parse_model):
 
     try:
         stock = parse_model(rows("C3k2"), ch=3, verbose=False)[0][1]
-        built = parse_model(_as_stock(rows("C3k2EMA"), {1: C3k2EMA}), ch=3, verbose=False)[0][1]
-        built = C3k2EMA.from_stock(built)
+        built = C3k2EMA.from_stock(parse_model(_as_stock(rows("C3k2EMA"), {1: C3k2EMA}), ch=3, verbose=False)[0][1])
         shapes = [(k, v.shape) for k, v in built.state_dict().items() if ".attn." not in k]
-        ok = (
-            shapes == [(k, v.shape) for k, v in stock.state_dict().items()]
-            and built.cv2.conv.out_channels == 64  # width 0.5
-            and len(built.m) == 2  # repeats 4 * depth 0.5
-            and all(isinstance(m, C3k) for m in built.m)  # the c3k rule at scale m
-            and sum(1 for m in built.modules() if hasattr(m, "attn")) == 4
-        )
-        reason = "the block was not built as the stock parser builds its stock parent"
+        bottlenecks = sum(type(m) is Bottleneck for m in stock.modules())
+        attended = sum(isinstance(m, AttnBottleneck) for m in built.modules())
+        plain, extended = Bottleneck(8, 8).eval(), AttnBottleneck(8, 8).eval()
+        extended.load_state_dict(plain.state_dict(), strict=False)
+        extended.attn = nn.Identity()
+        x = torch.randn(1, 8, 4, 4)
+        with torch.no_grad():
+            same = torch.allclose(plain(x), extended(x))
+        ok = shapes == [(k, v.shape) for k, v in stock.state_dict().items()] and attended == bottlenecks > 0 and same
+        reason = "the block was not built as the stock parser builds its stock parent" if same else (
+            "ultralytics' Bottleneck no longer computes cv2(cv1(x)) plus its shortcut")
     except Exception as e:  # noqa: BLE001 - any failure here means the mechanism no longer works
         ok, reason = False, f"{type(e).__name__}: {e}"
     if not ok:
         raise RuntimeError(
             f"ema-yolo cannot build C2fEMA/C3EMA/C3k2EMA rows with ultralytics {ultralytics.__version__}: its model "
-            f"parser changed ({reason}). Install a supported version: pip install 'ultralytics>=8.4,<9'"
+            f"parser or Bottleneck changed ({reason}). Install a supported version: pip install 'ultralytics>=8.4,<9'"
         )
 
 

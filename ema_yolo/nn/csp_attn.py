@@ -18,7 +18,10 @@ from ultralytics.nn.modules.block import C2f, C3, Bottleneck, C3k2
 
 from .create_attn import ATTENTION_LAYERS, create_attn
 
-__all__ = ("CSP_ATTN_BLOCKS", "AttnBottleneck", "add_attention", *(f"{p}{a.upper()}" for p in ("C2f", "C3", "C3k2") for a in ATTENTION_LAYERS))
+__all__ = (
+    "CSP_ATTN_BLOCKS", "AttnBottleneck", "add_attention", "C2fEMA", "C2fCBAM", "C2fCA", "C2fSE", "C3EMA", "C3CBAM", "C3CA",
+    "C3SE", "C3k2EMA", "C3k2CBAM", "C3k2CA", "C3k2SE",
+)  # fmt: skip
 
 
 class AttnBottleneck(Bottleneck):
