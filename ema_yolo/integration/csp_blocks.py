@@ -56,13 +56,17 @@ def _wrap_parse_model(parse_model):
             _check(parse_model)
             _checked.append(True)
         layers, save = parse_model(_as_stock(d, blocks), ch, verbose)
+        added = 0
         for i, cls in blocks.items():
             block = cls.from_stock(layers[i])
+            added -= block.np
             block.type, block.np = f"{cls.__module__}.{cls.__name__}", sum(p.numel() for p in block.parameters())
-        if verbose:
+            added += block.np
+        if verbose:  # the stock table above lists these rows under their parent's name and parameter count
             from ultralytics.utils import LOGGER
 
-            LOGGER.info(f"ema-yolo: attention in every bottleneck of rows {', '.join(map(str, blocks))}")
+            rows = ", ".join(f"{i} {cls.__name__}" for i, cls in blocks.items())
+            LOGGER.info(f"ema-yolo: attention in every bottleneck of rows {rows} (+{added:,} parameters)")
         return layers, save
 
     wrapper.ema_yolo_wrapped = parse_model
