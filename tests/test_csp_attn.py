@@ -171,3 +171,18 @@ def test_every_stock_tensor_lands_in_the_in_block_model(tmp_path, make_stock_che
     new = [k for k, v in state.items() if v.is_floating_point() and k not in stock]
     assert new and all(".attn." in k for k in new)
     assert all(torch.equal(state[k], fresh[k]) for k in new)  # the attention layers keep their initialisation
+
+
+@pytest.mark.parametrize("family, block", FAMILIES)
+def test_twin_files_differ_from_the_ema_file_only_in_the_block(family, block):
+    from ema_yolo.integration.ultralytics import model_cfg_dir
+
+    def rows(attention):
+        text = (model_cfg_dir() / f"{family}-{block}-{attention}.yaml").read_text()
+        return [r for r in text.splitlines() if not r.startswith("#")]
+
+    parent = {"c2f": "C2f", "c3k2": "C3k2", "c3": "C3"}[block]
+    ema = rows("ema")
+    assert sum(f", {parent}EMA, " in r for r in ema) == 8 and not any(f", {parent}, " in r for r in ema)
+    for attention in ("cbam", "ca", "se"):
+        assert rows(attention) == [r.replace(f", {parent}EMA, ", f", {parent}{attention.upper()}, ") for r in ema]
