@@ -1,4 +1,5 @@
-"""Every Ultralytics task with EMA (the paper's placement): train, validate, predict and export with the stock tools.
+"""Every Ultralytics task with EMA (the paper's placement; detection: EMA in the C2f bottlenecks): train, validate,
+predict and export with the stock tools, and load stock checkpoints.
 
 Data: `make_task_dataset` (generated masks, keypoints, rotated boxes, class folders). Oracles: the stock model of the
 same task (layer count and head), the generated labels' format as Ultralytics' loaders read them, and ONNX Runtime
@@ -11,9 +12,10 @@ import torch
 
 from ema_yolo.data.synth import make_task_dataset
 from ema_yolo.nn import EMA
+from ema_yolo.nn.csp_attn import AttnBottleneck
 
 TASK_MODELS = {"segment": "yolo11n-seg-ema.yaml", "pose": "yolov8n-pose-ema.yaml", "obb": "yolo11n-obb-ema.yaml",
-               "classify": "yolov8n-cls-ema.yaml"}  # fmt: skip
+               "classify": "yolov8n-cls-ema.yaml", "detect": "yolov8n-c2f-ema.yaml"}  # fmt: skip
 SUFFIX = {"segment": "seg", "pose": "pose", "obb": "obb", "classify": "cls"}
 
 
@@ -49,11 +51,15 @@ def test_task_trains_validates_predicts_and_exports(task, tmp_path_factory):
                 project=str(tmp), name="run", verbose=False, val=False)  # fmt: skip
     best = tmp / "run" / "weights" / "last.pt"
     trained = YOLO(best)
-    assert trained.task == task and [i for i, m in enumerate(trained.model.model) if isinstance(m, EMA)] == [7, 10]
+    assert trained.task == task
+    if task == "detect":  # EMA inside the ten bottlenecks of yolov8n's C2f blocks
+        assert sum(isinstance(m, AttnBottleneck) and isinstance(m.attn, EMA) for m in trained.model.modules()) == 10
+    else:
+        assert [i for i, m in enumerate(trained.model.model) if isinstance(m, EMA)] == [7, 10]
 
     metrics = trained.val(data=str(data), imgsz=imgsz, batch=4, device="cpu", workers=0, plots=False, verbose=False)
     key = {"segment": "metrics/mAP50-95(M)", "pose": "metrics/mAP50-95(P)", "obb": "metrics/mAP50-95(B)",
-           "classify": "metrics/accuracy_top1"}[task]  # fmt: skip
+           "classify": "metrics/accuracy_top1", "detect": "metrics/mAP50-95(B)"}[task]  # fmt: skip
     assert 0.0 <= metrics.results_dict[key] <= 1.0
 
     image = next((tmp / "data").rglob("val/**/*.png"))
@@ -64,8 +70,10 @@ def test_task_trains_validates_predicts_and_exports(task, tmp_path_factory):
         assert result.keypoints.data.shape[1:] == (3, 3) and len(result.boxes) > 0
     elif task == "obb":
         assert result.obb is not None and result.obb.xywhr.shape[1] == 5 and len(result.obb) > 0
-    else:
+    elif task == "classify":
         assert result.probs.data.shape == (3,) and abs(float(result.probs.data.sum()) - 1) < 1e-4
+    else:
+        assert len(result.boxes) > 0 and result.masks is None
 
     onnx = trained.export(format="onnx", imgsz=imgsz, simplify=False, device="cpu")
     x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
