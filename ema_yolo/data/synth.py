@@ -10,7 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ("CLASSES", "TASKS", "make_coco_raw", "make_scene", "make_task_dataset", "make_visdrone_raw", "make_yolo_dataset")
+__all__ = (
+    "CLASSES", "KEYPOINTS", "TASKS", "make_coco_raw", "make_scene", "make_task_dataset", "make_visdrone_raw",
+    "make_yolo_dataset",
+)  # fmt: skip
 
 CLASSES = ("square", "disc", "triangle")
 COCO_SUBSET = {1: "person", 3: "car", 44: "bottle"}  # standard COCO ids and names used by the coco generator

@@ -23,7 +23,8 @@ __all__ = ("count_gflops", "measure_latency", "run_compare", "variant_cfg")
 
 FAMILIES = ("yolov5", "yolov5-p2", "yolov8", "yolov8-p2", "yolo11")
 IN_BLOCK = {"yolov5": "c3", "yolov8": "c2f", "yolo11": "c3k2"}  # family -> its CSP block, for attention inside it
-VARIANTS = ("baseline", "ema", "cbam", "ca", "se", *(f"{b}-{a}" for b in IN_BLOCK.values() for a in ("ema", "cbam", "ca", "se")))
+VARIANTS = ("baseline", "ema", "cbam", "ca", "se")
+VARIANTS += tuple(f"{block}-{v}" for block in IN_BLOCK.values() for v in VARIANTS[1:])  # c3-ema, ..., c3k2-se
 
 
 def variant_cfg(family, scale, variant):
@@ -36,7 +37,8 @@ def variant_cfg(family, scale, variant):
         raise ValueError(f"unknown family/scale/variant {family!r}/{scale!r}/{variant!r}")
     block = variant.partition("-")[0] if "-" in variant else None
     if block and IN_BLOCK.get(family) != block:
-        raise ValueError(f"variant {variant!r} needs family {next(f for f, b in IN_BLOCK.items() if b == block)!r}, not {family!r}")
+        needed = next(f for f, b in IN_BLOCK.items() if b == block)
+        raise ValueError(f"variant {variant!r} needs family {needed!r}, not {family!r}")
     base, _, level = family.partition("-")
     name = f"{base}{scale}" + (f"-{level}" if level else "")
     return f"{name}.yaml" if variant == "baseline" else f"{name}-{variant}.yaml"

@@ -10,8 +10,8 @@ of each such row (`C2f` for `C2fEMA`) with all its rules, and the built block th
 
 The first time a YAML uses one of these blocks, the wrapper checks the mechanism on a two-row model at scale m
 (the block must come out as the stock parser builds its stock parent, plus attention, and the attention bottleneck
-must compute what the stock one computes) and raises a clear error if a new Ultralytics release broke it. Calling `ultralytics.nn.parse_model` (the re-export) directly bypasses
-the wrapper; the model classes do not.
+must compute what the stock one computes) and raises a clear error if a new Ultralytics release broke it. Calling
+`ultralytics.nn.parse_model` (the re-export) directly bypasses the wrapper; the model classes do not.
 """
 
 import copy
@@ -28,7 +28,8 @@ def _attention_rows(d):
     from ..nn.csp_attn import CSP_ATTN_BLOCKS  # here, not at import: that module imports Ultralytics
 
     rows = d.get("backbone", []) + d.get("head", [])
-    return {i: CSP_ATTN_BLOCKS[row[2]] for i, row in enumerate(rows) if isinstance(row[2], str) and row[2] in CSP_ATTN_BLOCKS}
+    names = [row[2] if isinstance(row[2], str) else None for row in rows]
+    return {i: CSP_ATTN_BLOCKS[name] for i, name in enumerate(names) if name in CSP_ATTN_BLOCKS}
 
 
 def _as_stock(d, blocks):
