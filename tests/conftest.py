@@ -40,10 +40,13 @@ def _stock_checkpoint(path, cfg, nc=80, seed=0):
     cannot pass for the right one. BatchNorm variances stay positive so the model computes finite outputs.
     """
     import torch
-    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.nn import tasks
 
     torch.manual_seed(seed)
-    model = DetectionModel(cfg, nc=nc, verbose=False)
+    task = tasks.guess_model_task(tasks.yaml_model_load(cfg))  # the stock model class of the YAML's task
+    model_class = {"segment": tasks.SegmentationModel, "pose": tasks.PoseModel, "obb": tasks.OBBModel,
+                   "classify": tasks.ClassificationModel}.get(task, tasks.DetectionModel)  # fmt: skip
+    model = model_class(cfg, nc=nc, verbose=False)
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if t.is_floating_point():

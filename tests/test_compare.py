@@ -91,3 +91,23 @@ def test_compare_end_to_end_relative_out_killed_and_resumed(tiny_dataset, stock_
     assert [line.split(",")[column] for line in table[1:]] == ["n/a", "n/a"]
     md = [line.split(" | ") for line in (out / "results.md").read_text().splitlines()]
     assert [r[column] for r in md[2:]] == ["n/a", "n/a"]
+
+
+def test_in_block_variants_name_their_family_block_and_measure_without_training(tmp_path):
+    from ema_yolo.eval.compare import main
+
+    assert variant_cfg("yolov8", "s", "c2f-ema") == "yolov8s-c2f-ema.yaml"
+    assert variant_cfg("yolo11", "x", "c3k2-se") == "yolo11x-c3k2-se.yaml"
+    assert variant_cfg("yolov5", "n", "c3-ca") == "yolov5n-c3-ca.yaml"
+    with pytest.raises(ValueError, match="needs family 'yolov8'"):
+        variant_cfg("yolo11", "n", "c2f-ema")
+    with pytest.raises(SystemExit):
+        main(["--no-train", "--family", "yolov5-p2", "--variants", "c3-ema", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
+
+    assert main(["--no-train", "--family", "yolov8", "--variants", "baseline,c2f-ema", "--imgsz", "64", "--out", str(tmp_path / "cost")]) == 0
+    rows = json.loads((tmp_path / "cost" / "results.json").read_text())
+    assert [r["model"] for r in rows] == ["yolov8n.yaml", "yolov8n-c2f-ema.yaml"]
+    # yolov8n's ten C2f bottlenecks: 1 of 16 channels, 3 of 32, 4 of 64, 2 of 128 -> EMA with cg = 1, 1, 2, 4
+    assert rows[1]["params"] - rows[0]["params"] == 1 * 14 + 3 * 14 + 4 * (10 * 2**2 + 4 * 2) + 2 * (10 * 4**2 + 4 * 4)
+    assert rows[1]["GFLOPs"] > rows[0]["GFLOPs"] and rows[1]["latency_ms"] > 0

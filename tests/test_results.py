@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,6 +51,11 @@ def test_visdrone_result_files_round_trip(tmp_path):
     assert cli(["eval", "--data", str(data), "--predictions", str(tmp_path / "p.json"), "--protocol", "visdrone",
                 "--save-visdrone", str(tmp_path / "results")]) == 1
     assert (tmp_path / "results" / "notes.md").read_text() == "mine"
+    labels = next(p for p in Path(data).parent.rglob("*.txt")).parent  # the split's own label files: .txt, not results
+    before = {p.name: p.read_text() for p in labels.iterdir()}
+    assert cli(["eval", "--data", str(data), "--predictions", str(tmp_path / "p.json"), "--protocol", "visdrone",
+                "--save-visdrone", str(labels)]) == 1
+    assert {p.name: p.read_text() for p in labels.iterdir()} == before
 
 
 def test_visdrone_results_bad_input(tmp_path, capsys):

@@ -5,6 +5,7 @@ the code under test: the target's layers minus its attention rows are, in order,
 """
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,16 +99,22 @@ def test_same_architecture_loads_exactly_as_stock(stock, trained_checkpoint):
     from ultralytics.nn.tasks import BaseModel, DetectionModel, load_checkpoint
 
     stock_load = BaseModel.load.ema_yolo_wrapped
-    for cfg, pt, nc in (("yolov8n.yaml", stock["yolov8n"], 80), ("yolov8n-ema.yaml", trained_checkpoint, 3)):
+    cases = (("yolov8n.yaml", stock["yolov8n"], 80, 3), ("yolov8n-ema.yaml", trained_checkpoint, 3, 3),
+             ("yolov8n.yaml", stock["yolov8n"], 80, 1))  # a grayscale model: Ultralytics sums the RGB filters
+    for cfg, pt, nc, ch in cases:
         torch.manual_seed(0)
-        ours = DetectionModel(cfg, nc=nc, verbose=False)
+        ours = DetectionModel(cfg, nc=nc, ch=ch, verbose=False)
         torch.manual_seed(0)
-        theirs = DetectionModel(cfg, nc=nc, verbose=False)
+        theirs = DetectionModel(cfg, nc=nc, ch=ch, verbose=False)
         ours.load(load_checkpoint(pt)[0])
         stock_load(theirs, load_checkpoint(pt)[0])
         for (k, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
             assert torch.equal(a, b), k
         assert ours.names == theirs.names
+    gray_ema = DetectionModel("yolov8n-ema.yaml", ch=1, verbose=False)
+    gray_ema.load(load_checkpoint(stock["yolov8n"])[0])
+    assert torch.equal(gray_ema.model[0].conv.weight, theirs.model[0].conv.weight)  # the first conv is adapted too
+    assert torch.equal(gray_ema.model[0].bn.weight, theirs.model[0].bn.weight)
 
 
 class _Lines(logging.Handler):
@@ -232,3 +239,13 @@ def test_near_identity_start(stock, monkeypatch):
     monkeypatch.setenv(transfer.INIT_ENV, "identiy")
     with pytest.raises(ValueError, match="EMA_YOLO_INIT='identiy'"):
         YOLO("yolov8n-ema.yaml").load(stock["yolov8n"])
+
+
+def test_registration_is_silent_and_independent_of_the_init_variable(tmp_path):
+    # The self-checks run at every `import ultralytics`: they must not log, and a typo in EMA_YOLO_INIT must only
+    # fail the load that would use it, never the registration.
+    code = "from ultralytics import YOLO; YOLO('yolov8n.yaml'); YOLO('yolov8n-ema.yaml')"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, transfer.INIT_ENV: "identiy"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "EMA:" not in proc.stdout + proc.stderr and "ema-yolo" not in proc.stdout + proc.stderr

@@ -39,11 +39,12 @@ def convert_main(argv=None):
 
 
 def synth_main(argv=None):
-    """`ema-yolo synth {visdrone,coco,yolo} DST [--images N] [--seed S]`."""
+    """`ema-yolo synth {visdrone,coco,yolo,segment,pose,obb,classify} DST [--images N] [--seed S]`."""
     parser = argparse.ArgumentParser(prog="ema-yolo synth", description="Write a small generated dataset in a raw format.")
-    parser.add_argument("format", choices=["visdrone", "coco", "yolo"])
+    parser.add_argument("format", choices=["visdrone", "coco", "yolo", "segment", "pose", "obb", "classify"],
+                        help="raw VisDrone/COCO, or a YOLO-layout set for Ultralytics' detect (yolo), segment, ... task")
     parser.add_argument("dst")
-    parser.add_argument("--images", type=int, default=32, help="number of images (yolo: training images)")
+    parser.add_argument("--images", type=int, default=32, help="number of images (YOLO layouts: training images)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     from . import synth
@@ -52,7 +53,9 @@ def synth_main(argv=None):
         synth.make_visdrone_raw(args.dst, args.images, args.seed)
     elif args.format == "coco":
         synth.make_coco_raw(args.dst, args.images, args.seed)
-    else:
+    elif args.format == "yolo":
         synth.make_yolo_dataset(args.dst, train=args.images, val=max(args.images // 4, 1), seed=args.seed)
+    else:
+        synth.make_task_dataset(args.dst, args.format, train=args.images, val=max(args.images // 4, 1), seed=args.seed)
     print(f"wrote {args.format} dataset to {args.dst}")
     return 0

@@ -10,10 +10,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ("CLASSES", "make_coco_raw", "make_scene", "make_visdrone_raw", "make_yolo_dataset")
+__all__ = (
+    "CLASSES", "KEYPOINTS", "TASKS", "make_coco_raw", "make_scene", "make_task_dataset", "make_visdrone_raw",
+    "make_yolo_dataset",
+)  # fmt: skip
 
 CLASSES = ("square", "disc", "triangle")
 COCO_SUBSET = {1: "person", 3: "car", 44: "bottle"}  # standard COCO ids and names used by the coco generator
+TASKS = ("detect", "segment", "pose", "obb", "classify")  # Ultralytics' task names
+KEYPOINTS = ("top", "bottom-left", "bottom-right")  # pose: three points of each object's box, kpt_shape [3, 3]
 
 
 def _draw(image, shape, box, color):
@@ -27,13 +32,18 @@ def _draw(image, shape, box, color):
         cv2.fillPoly(image, [np.array([[x0, y1 - 1], [(x0 + x1) // 2, y0], [x1 - 1, y1 - 1]], np.int32)], color)
 
 
+def _background(rng, width, height):
+    """A dark blurred-noise texture (BGR)."""
+    return cv2.GaussianBlur(rng.integers(0, 90, (height, width, 3), dtype=np.uint8), (5, 5), 0)
+
+
 def make_scene(rng, width, height, n_classes=3, max_objects=8, min_side=10, max_side=28, overhang=False):
     """Return (BGR image, objects) with objects as (class, left, top, width, height) pixel boxes, not overlapping.
 
     Class c is drawn as shape c % 3 in a colour band of its own. With `overhang`, some boxes run past the image edge
     (as truncated objects do in VisDrone); the objects are then returned unclipped.
     """
-    image = cv2.GaussianBlur(rng.integers(0, 90, (height, width, 3), dtype=np.uint8), (5, 5), 0)
+    image = _background(rng, width, height)
     taken, objects = np.zeros((height, width), bool), []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         side = int(rng.integers(min_side, max_side))
@@ -130,3 +140,115 @@ def make_coco_raw(dst, images=8, seed=0, width=224, height=160, categories=None)
         truth[Path(name).stem] = {"size": (width, height), "objects": objects, "crowd": crowd}
     (dst / "annotations.json").write_text(json.dumps(coco))
     return truth
+
+
+def _outline(shape, box):
+    """Polygon (N, 2) of shape 0 (square), 1 (disc) or 2 (triangle) as `_draw` fills box (x0, y0, x1, y1).
+
+    In image coordinates (pixel i spans [i, i + 1]), where OpenCV's drawing coordinates are pixel centres.
+    """
+    x0, y0, x1, y1 = box
+    if shape == 0:
+        return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float)
+    if shape == 1:
+        t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        return np.stack([(x0 + x1 + 1) / 2 + (x1 - x0) / 2 * np.cos(t), (y0 + y1 + 1) / 2 + (y1 - y0) / 2 * np.sin(t)], 1)
+    return np.array([[x0, y1], [(x0 + x1) // 2 + 0.5, y0], [x1, y1]], float)
+
+
+def _obb_scene(rng, size, n_classes=3, max_objects=4):
+    """Return (BGR image, objects) with rotated rectangles: objects as (class, 4x2 corner pixels), not overlapping.
+
+    Class c has aspect ratio 1.5 + c and a colour band of its own; the angle is uniform, so orientation must be learnt.
+    """
+    image = _background(rng, size, size)
+    taken, objects = np.zeros((size, size), np.uint8), []
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        cls, long = int(rng.integers(0, n_classes)), float(rng.uniform(0.25, 0.45) * size)
+        short, angle = long / (1.5 + cls), float(rng.uniform(0, 180))
+        half = int(np.ceil(np.hypot(long, short) / 2))
+        cx, cy = (int(rng.integers(half, size - half)) for _ in range(2))
+        corners = cv2.boxPoints(((cx, cy), (long, short), angle))
+        mask = cv2.fillPoly(np.zeros_like(taken), [np.round(corners).astype(np.int32)], 1)
+        if (mask & taken).any():
+            continue
+        taken |= mask
+        color = (int(120 + 135 * (cls % 3 == 0)), int(120 + 135 * (cls % 3 == 1)), int(120 + 120 * (cls / n_classes)))
+        cv2.fillPoly(image, [np.round(corners).astype(np.int32)], color)
+        objects.append((cls, corners))
+    return image, objects
+
+
+def _label_rows(task, rng, size):
+    """One generated image of `task` and its YOLO label rows (Ultralytics' dataset formats, normalised to `size`)."""
+    if task == "obb":  # class x1 y1 x2 y2 x3 y3 x4 y4
+        image, objects = _obb_scene(rng, size)
+        return image, [f"{c} " + " ".join(f"{v / size:.6f}" for v in np.clip(p, 0, size).ravel()) for c, p in objects]
+    image, objects = make_scene(rng, size, size, min_side=max(size // 8, 6), max_side=max(size // 3, 8), max_objects=4)
+    rows = []
+    for c, x, y, w, h in objects:
+        if task == "segment":  # class x1 y1 ... xn yn: the drawn shape's outline
+            points = _outline(c % 3, (x, y, x + w, y + h)) / size
+            rows.append(f"{c} " + " ".join(f"{v:.6f}" for v in points.ravel()))
+            continue
+        row = f"{c} {(x + w / 2) / size:.6f} {(y + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}"
+        if task == "pose":  # box, then x y visibility of each keypoint (KEYPOINTS)
+            row += "".join(f" {px / size:.6f} {py / size:.6f} 2" for px, py in ((x + w / 2, y), (x, y + h), (x + w, y + h)))
+        rows.append(row)
+    return image, rows
+
+
+def make_task_dataset(dst, task, train=8, val=4, size=64, seed=0):
+    """Write a small generated dataset for Ultralytics task `task` under `dst`, deterministic by `seed`.
+
+    Formats (https://docs.ultralytics.com/datasets/): `detect` boxes, `segment` polygons (each shape's outline),
+    `pose` boxes with three keypoints (`KEYPOINTS`: the box's top centre, bottom-left and bottom-right corners, all
+    visible; `kpt_shape: [3, 3]`, `flip_idx: [0, 2, 1]`), `obb` four corners of rotated rectangles (aspect ratio by
+    class), all in `images/{train,val}` + `labels/{train,val}` with a `data.yaml`; `classify` one shape per image in
+    `{train,val}/<class name>/` folders (ImageNet layout).
+
+    Args:
+        dst (str | Path): Output folder.
+        task (str): One of `TASKS`.
+        train, val (int): Images per split (classify: per class).
+        size (int): Image side in pixels.
+        seed (int): Random seed.
+
+    Returns:
+        (Path): The dataset YAML, or for `classify` the dataset folder (what Ultralytics' `data=` takes).
+
+    Raises:
+        ValueError: If `task` is not one of `TASKS`.
+
+    Example:
+        >>> make_task_dataset("/tmp/seg", "segment").name
+        'data.yaml'
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    if task == "detect":
+        return make_yolo_dataset(dst, train, val, size, seed)
+    dst, rng = Path(dst), np.random.default_rng(seed)
+    for split, count in (("train", train), ("val", val)):
+        for i in range(count * (len(CLASSES) if task == "classify" else 1)):
+            if task == "classify":
+                cls, side = i % len(CLASSES), int(rng.integers(size // 3, size * 3 // 4))
+                image = _background(rng, size, size)
+                x0, y0 = (int(rng.integers(0, size - side)) for _ in range(2))
+                color = (int(120 + 135 * (cls == 0)), int(120 + 135 * (cls == 1)), int(120 + 120 * cls / len(CLASSES)))
+                _draw(image, cls, (x0, y0, x0 + side, y0 + side), color)
+                (dst / split / CLASSES[cls]).mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(dst / split / CLASSES[cls] / f"{i:05d}.png"), image)
+                continue
+            image, rows = _label_rows(task, rng, size)
+            (dst / "images" / split).mkdir(parents=True, exist_ok=True)
+            (dst / "labels" / split).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(dst / "images" / split / f"{i:05d}.png"), image)
+            (dst / "labels" / split / f"{i:05d}.txt").write_text("".join(r + "\n" for r in rows))
+    if task == "classify":
+        return dst
+    names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASSES))
+    extra = "kpt_shape: [3, 3]\nflip_idx: [0, 2, 1]\n" if task == "pose" else ""
+    yaml_path = dst / "data.yaml"
+    yaml_path.write_text(f"path: {dst.resolve()}\ntrain: images/train\nval: images/val\n{extra}names:\n{names}")
+    return yaml_path

@@ -22,13 +22,23 @@ from .protocols import evaluate, load_ground_truth
 __all__ = ("count_gflops", "measure_latency", "run_compare", "variant_cfg")
 
 FAMILIES = ("yolov5", "yolov5-p2", "yolov8", "yolov8-p2", "yolo11")
+IN_BLOCK = {"yolov5": "c3", "yolov8": "c2f", "yolo11": "c3k2"}  # family -> its CSP block, for attention inside it
 VARIANTS = ("baseline", "ema", "cbam", "ca", "se")
+VARIANTS += tuple(f"{block}-{v}" for block in IN_BLOCK.values() for v in VARIANTS[1:])  # c3-ema, ..., c3k2-se
 
 
 def variant_cfg(family, scale, variant):
-    """Model YAML name, e.g. ('yolov8', 's', 'ema') -> 'yolov8s-ema.yaml', ('yolov5-p2', 'x', 'baseline') -> 'yolov5x-p2.yaml'."""
+    """Model YAML name, e.g. ('yolov8', 's', 'ema') -> 'yolov8s-ema.yaml', ('yolov5-p2', 'x', 'baseline') -> 'yolov5x-p2.yaml'.
+
+    Variants `<block>-<attention>` (c2f-ema, c3k2-se, ...) put the attention inside every bottleneck of the family's
+    CSP block (`IN_BLOCK`): ('yolov8', 's', 'c2f-ema') -> 'yolov8s-c2f-ema.yaml'.
+    """
     if family not in FAMILIES or variant not in VARIANTS or scale not in "nsmlx" or len(scale) != 1:
         raise ValueError(f"unknown family/scale/variant {family!r}/{scale!r}/{variant!r}")
+    block = variant.partition("-")[0] if "-" in variant else None
+    if block and IN_BLOCK.get(family) != block:
+        needed = next(f for f, b in IN_BLOCK.items() if b == block)
+        raise ValueError(f"variant {variant!r} needs family {needed!r}, not {family!r}")
     base, _, level = family.partition("-")
     name = f"{base}{scale}" + (f"-{level}" if level else "")
     return f"{name}.yaml" if variant == "baseline" else f"{name}-{variant}.yaml"
@@ -225,6 +235,10 @@ def main(argv=None):
     for v in variants:
         if v not in VARIANTS:
             parser.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+        try:
+            variant_cfg(args.family, args.scale, v)
+        except ValueError as e:
+            parser.error(str(e))
     if not args.no_train and not args.data:
         parser.error("--data is required unless --no-train")
     run_compare(args.data, args.family, args.scale, variants, args.out, args.epochs, args.imgsz, args.batch,

@@ -45,7 +45,7 @@ def write_visdrone_results(folder, gt, predictions):
 
     Args:
         folder (str | Path): Output folder; it appears only when complete and replaces an existing folder of
-            result files (`.txt` only), never anything else.
+            result files (`.txt` files of 8-field lines only), never anything else, e.g. a split's YOLO labels.
         gt (GroundTruth): The split (`protocols.load_ground_truth`) of a dataset with the 10 VisDrone classes.
         predictions (list[dict]): `save_json`-format detections (pixel `bbox` x, y, w, h of the original image).
 
@@ -62,8 +62,8 @@ def write_visdrone_results(folder, gt, predictions):
     """
     _check_visdrone_classes(gt)
     folder = Path(folder)
-    if folder.exists() and not (folder.is_dir() and all(p.suffix == ".txt" for p in folder.iterdir())):
-        raise EvalError(f"{folder}: exists and is not a folder of result files; not replacing it")
+    if folder.exists() and not _is_result_folder(folder):
+        raise EvalError(f"{folder}: exists and is not a folder of VisDrone result files; not replacing it")
     groups, written = _by_image(predictions), 0
     with atomic_dir(folder, overwrite=True) as tmp:
         for image in gt.coco["images"]:
@@ -76,6 +76,18 @@ def write_visdrone_results(folder, gt, predictions):
             (tmp / f"{Path(image['file_name']).stem}.txt").write_text("".join(lines))
             written += len(lines)
     return written
+
+
+def _is_result_folder(folder):
+    """True for a folder of `.txt` files whose every line has the 8 fields of a result line (not, e.g., YOLO labels)."""
+    if not folder.is_dir():
+        return False
+    for path in folder.iterdir():
+        if path.suffix != ".txt" or not path.is_file():
+            return False
+        if any(len(line.split(",")) != 8 for line in path.read_text(errors="replace").splitlines() if line.strip()):
+            return False
+    return True
 
 
 def read_visdrone_results(folder, gt):

@@ -71,7 +71,8 @@ def _with_graph_widths(parse_model, namespace):
             offset += len(rows[part])
         return parse_model({**d, **rows}, ch, verbose)
 
-    wrapper.ema_yolo_wrapped = parse_model
+    wrapper.ema_yolo_wrapped = getattr(parse_model, "ema_yolo_wrapped", parse_model)  # the stock parser
+    wrapper.ema_yolo_graph_widths = True  # functools.wraps carries this to any later wrapper of this one
     return wrapper
 
 
@@ -96,5 +97,5 @@ def install(tasks):
         >>> model[1].fc1.in_channels
         32
     """
-    if not hasattr(tasks.parse_model, "ema_yolo_wrapped"):
+    if not hasattr(tasks.parse_model, "ema_yolo_graph_widths"):
         tasks.parse_model = _with_graph_widths(tasks.parse_model, vars(tasks))

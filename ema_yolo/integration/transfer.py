@@ -41,8 +41,9 @@ def align_layers(src, dst):
     """Map each layer of `src` to the layer of `dst` that plays its part, by aligning the two layer sequences.
 
     Two layers correspond when the target layer is of the source layer's type (or a subclass of it, such as a block
-    with attention inside), has the same number of inputs, every source tensor name and shape (the detection heads
-    only need the type: their class count may differ) and inputs that correspond. The
+    with attention inside), has the same number of inputs, every source tensor name and shape (the first layers and
+    the heads only need the type: input channels and class count may differ, which Ultralytics' load adapts) and
+    inputs that correspond. The
     alignment is the order-preserving one that keeps the most values (a longest-common-subsequence over layers, each
     weighted by its parameter count); a pair whose inputs do not correspond under it is dropped. Layers of `dst`
     outside the map are new (inserted) layers, layers of `src` outside it did not transfer.
@@ -65,8 +66,8 @@ def align_layers(src, dst):
 
     def weight(i, j):
         same_kind = isinstance(dst[j], type(src[i])) and len(_sources(src[i], i)) == len(_sources(dst[j], j))
-        head = i == n - 1 and j == m - 1
-        return values[i] if same_kind and (head or shapes_s[i] <= shapes_d[j]) else 0
+        ends = (i, j) in ((0, 0), (n - 1, m - 1))  # input channels and class count may differ; Ultralytics adapts them
+        return values[i] if same_kind and (ends or shapes_s[i] <= shapes_d[j]) else 0
 
     score = [[0] * (m + 1) for _ in range(n + 1)]  # score[i][j]: best alignment of src[i:] with dst[j:]
     for i in range(n - 1, -1, -1):
@@ -203,6 +204,8 @@ def _wrap_load(load):
         src_layers, dst_layers = getattr(src_model, "model", None), getattr(self, "model", None)
         if not _is_ultralytics_sequence(src_layers) or not _is_ultralytics_sequence(dst_layers):
             return load(self, weights, verbose)
+        if getattr(src_model, "is_fused", bool)() and not self.is_fused():  # no BatchNorm to match: Ultralytics warns
+            return load(self, weights, verbose)
         mapping = align_layers(src_layers, dst_layers)
         src_state = {k: v.float() for k, v in src_model.state_dict().items() if v.is_floating_point()}
         if len(src_layers) == len(dst_layers) and all(mapping.get(i) == i for i in range(len(src_layers))):
@@ -235,21 +238,25 @@ def _is_ultralytics_sequence(layers):
 
 
 def _initialise_new_layers(model, report):
-    """Apply the opt-in initialisation named by the `EMA_YOLO_INIT` environment variable to the new EMA layers."""
+    """Apply the opt-in initialisation named by the `EMA_YOLO_INIT` environment variable to the new EMA layers.
+
+    Raises:
+        ValueError: If the variable holds anything but 'identity', 'default' or nothing, and a new EMA layer exists.
+    """
     from ..nn import EMA
 
+    layers = [model.model[index] for index, _ in report.new_layers if isinstance(model.model[index], EMA)]
     choice = os.environ.get(INIT_ENV, "").strip().lower()
-    if choice in ("", "default"):
+    if not layers or choice in ("", "default"):
         return
     if choice != "identity":
         raise ValueError(f"{INIT_ENV}={choice!r}: expected 'identity' or 'default'")
-    for index, _ in report.new_layers:
-        if isinstance(model.model[index], EMA):
-            near_identity(model.model[index])
+    for layer in layers:
+        near_identity(layer)
 
 
 def _check_load_path(tasks):
-    """Load a three-layer model into one with an inserted EMA through `BaseModel.load`: fail loudly if it misses."""
+    """Load a three-layer model into one with an inserted SE through `BaseModel.load`: fail loudly if it misses."""
     def build(rows):
         model = tasks.BaseModel()
         d = {"nc": 1, "backbone": rows, "head": []}
@@ -257,7 +264,7 @@ def _check_load_path(tasks):
         return model
 
     conv = [-1, 1, "Conv", [8, 3, 2]]
-    src, dst = build([conv, conv, conv]), build([conv, [-1, 1, "EMA", ["c2"]], conv, conv])
+    src, dst = build([conv, conv, conv]), build([conv, [-1, 1, "SE", ["c2"]], conv, conv])
     with torch.no_grad():
         for p in src.parameters():
             p.uniform_()

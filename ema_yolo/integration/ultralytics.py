@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..nn import CA, CBAM, EMA, SE
-from . import graph_widths, transfer
+from . import csp_blocks, graph_widths, transfer
 
 __all__ = ("YAML_LAYERS", "model_cfg_dir", "register", "resolve_model_cfg")
 
@@ -84,9 +84,10 @@ def _check_parse_model(tasks):
 def register():
     """Make EMA, CBAM, CA and SE resolvable in Ultralytics model YAMLs, and ema-yolo's YAMLs by bare name.
 
-    Also gives attention rows their width from the graph (`graph_widths.install`) and makes pretrained loads
-    structural (`transfer.install`): a stock checkpoint lands in a model that inserts attention rows into its
-    architecture. Idempotent. Also allows the layers in `torch.load(weights_only=True)`, which Ultralytics uses when
+    Also gives attention rows their width from the graph (`graph_widths.install`), lets YAML rows name the CSP blocks
+    with attention inside (`csp_blocks.install`: C2fEMA, C3EMA, C3k2EMA, ...), and makes pretrained loads structural
+    (`transfer.install`): a stock checkpoint lands in a model that inserts attention rows into its architecture.
+    Idempotent. Also allows the layers in `torch.load(weights_only=True)`, which Ultralytics uses when
     `ULTRALYTICS_SAFE_LOAD=1`.
 
     Raises:
@@ -107,6 +108,7 @@ def register():
         namespace[name] = cls
     _check_parse_model(tasks)
     transfer.install(tasks)
+    csp_blocks.install(tasks)
     if not hasattr(checks.check_file, "ema_yolo_wrapped"):
         checks.check_file = _with_packaged_cfgs(checks.check_file)
     torch.serialization.add_safe_globals(list(YAML_LAYERS.values()))

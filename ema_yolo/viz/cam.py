@@ -18,7 +18,9 @@ class _FirstOutput(nn.Module):
 
     def forward(self, x):
         out = self.model(x)
-        return out[0] if isinstance(out, (list, tuple)) else out
+        while isinstance(out, (list, tuple)):  # segmentation and pose heads nest their detection tensor one deeper
+            out = out[0]
+        return out
 
 
 def eigencam(model, image):

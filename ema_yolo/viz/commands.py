@@ -61,6 +61,8 @@ def _load_models(specs):
         except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: say which and why, in one line
             reason = (str(e).splitlines() or [""])[0]
             raise VizError(f"{spec}: cannot load model ({type(e).__name__}: {reason})") from None
+        if model.task == "classify":
+            raise VizError(f"{spec}: a classification model; attention pictures need a detection-style head")
         name = path.parent.parent.name if path.stem in {"best", "last"} and path.parent.name == "weights" else path.stem
         name = name if name not in names else f"{name}-{len(names) + 1}"
         names.append(name)
