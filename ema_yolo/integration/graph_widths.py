@@ -34,6 +34,7 @@ def _graph_row(row, index, source, namespace):
     f, n, module, written = row
     if not isinstance(namespace.get(module), GraphArgsMeta):
         return row
+    f = f[0] if isinstance(f, (list, tuple)) and len(f) == 1 else f  # [-1] is -1
     if not isinstance(f, int):
         raise ValueError(f"{source}: layer {index} ({module}) reads from {f}: an attention layer reads one layer")
     args = [None, *PARSER_LOCALS, *written]
