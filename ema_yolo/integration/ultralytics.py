@@ -1,11 +1,13 @@
 """Inject ema-yolo's layers and model YAMLs into a stock Ultralytics, without editing its files.
 
-Three facts about Ultralytics 8.4 drive this module:
+Four facts about Ultralytics 8.4 drive this module:
 - `parse_model` resolves a YAML module name with `globals()[name]` of `ultralytics.nn.tasks`, so the layers are
   added to that namespace.
 - It passes an unknown module its YAML args unchanged, but first replaces a string arg with the parser's local
   variable of that name. At the top of a row `c2` is the previous layer's real (width-scaled) output channel count,
   so a row `[-1, 1, EMA, [c2]]` gives EMA its input channels at every scale. `tests/test_integration.py` pins this.
+- The exporter switches its head to export mode (`Detect.export = True`) and then fires `on_export_start` with the
+  model it will convert; a default callback switches every EMA there to its export-time forward the same way.
 - Model YAML names go through `ultralytics.utils.checks.check_file`, which only searches Ultralytics' own folder;
   a wrapper adds the YAMLs shipped with ema-yolo for bare file names.
 """
@@ -75,11 +77,18 @@ def _check_parse_model(tasks):
         )
 
 
+def _export_mode(exporter):
+    """Ultralytics `on_export_start` callback: EMA layers of the model being exported use their export forward."""
+    for m in exporter.model.modules():
+        if isinstance(m, EMA):
+            m.export = True
+
+
 def register():
     """Make EMA, CBAM, CA and SE resolvable in Ultralytics model YAMLs, and ema-yolo's YAMLs by bare name.
 
-    Idempotent. Also allows the layers in `torch.load(weights_only=True)`, which Ultralytics uses when
-    `ULTRALYTICS_SAFE_LOAD=1`.
+    Idempotent. Also adds a default `on_export_start` callback that puts EMA layers in export mode, and allows the
+    layers in `torch.load(weights_only=True)`, which Ultralytics uses when `ULTRALYTICS_SAFE_LOAD=1`.
 
     Raises:
         RuntimeError: If Ultralytics already defines one of these names as something else, or its model parser no
@@ -87,6 +96,7 @@ def register():
     """
     from ultralytics.nn import tasks
     from ultralytics.utils import checks
+    from ultralytics.utils.callbacks.base import default_callbacks
 
     namespace = vars(tasks)
     for name, cls in YAML_LAYERS.items():
@@ -98,4 +108,6 @@ def register():
     _check_parse_model(tasks)
     if not hasattr(checks.check_file, "ema_yolo_wrapped"):
         checks.check_file = _with_packaged_cfgs(checks.check_file)
+    if _export_mode not in default_callbacks["on_export_start"]:
+        default_callbacks["on_export_start"].append(_export_mode)
     torch.serialization.add_safe_globals(list(YAML_LAYERS.values()))

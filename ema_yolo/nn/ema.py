@@ -8,6 +8,7 @@ import logging
 import torch
 from torch import nn
 
+from .ema_export import ema_export_forward
 from .ema_function import EMAFunction, ema_forward
 
 __all__ = ("EMA", "ema_groups")
@@ -77,6 +78,8 @@ class EMA(nn.Module):
         torch.Size([2, 48, 20, 20])
     """
 
+    export = False  # True in Ultralytics exports (set like `Detect.export`): `ema_export_forward`'s operators
+
     def __init__(self, channels, factor=32):
         super().__init__()
         groups = ema_groups(channels, factor)
@@ -101,6 +104,8 @@ class EMA(nn.Module):
                 "must read from the layer just before it (from = -1)"
             )
         gn, conv1x1, conv3x3 = self.gn, self.conv1x1, self.conv3x3
+        if self.export:
+            return ema_export_forward(x, self.groups, gn, conv1x1, conv3x3)
         params = (gn.weight, gn.bias, conv1x1.weight, conv1x1.bias, conv3x3.weight, conv3x3.bias)
         if torch.jit.is_tracing():  # exporters record the plain ops; a custom Function would be opaque to them
             return ema_forward(x, self.groups, gn.eps, *params)[0]
