@@ -96,7 +96,7 @@ def spread_checkpoint(tmp_path_factory):
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = None
     with torch.no_grad():
-        model.model.train()(load_images([ASSETS / "bus.jpg", ASSETS / "zidane.jpg"], IMGSZ))
+        model.model.train()(load_images([ASSETS / "bus.jpg", ASSETS / "zidane.jpg"], 128))
     for branch in model.model.model[-1].cv3:
         torch.nn.init.normal_(branch[-1].bias, -2.0, 1.0)
     path = tmp_path_factory.mktemp("ckpt") / "yolov8n-ema.pt"
@@ -112,15 +112,17 @@ def photos():
 
 
 def test_cheap_formats_match_pytorch_each_in_its_own_process(spread_checkpoint, photos, tmp_path):
-    names = ["torchscript", "onnx-dynamic", "openvino", "ncnn"]  # ncnn ran EMA's training graph with wrong shapes
-    spec = {"model": spread_checkpoint, "images": photos, "imgsz": IMGSZ, "second_size": 96, "conf": 0.25}
+    names = ["torchscript", "onnx-dynamic", "openvino", "ncnn"]
+    # 128 px: random weights amplify rounding; NCNN's Winograd convolutions differ from PyTorch by 1.5e-3 at 64 px
+    # and 9e-5 at 128 px, for the stock yolov8n as for yolov8n-ema
+    spec = {"model": spread_checkpoint, "images": photos, "imgsz": 128, "second_size": 96, "conf": 0.25}
     rows = {r["case"]: r for r in run_cases(names, spec, tmp_path)}
     for name in names:
         assert rows[name]["status"] == "match", (name, rows[name])
         for size, r in rows[name]["sizes"].items():
             assert r["raw"] < 1e-3 and r["boxes"] > 10 and r["unmatched"] == 0, (name, size, r)
             assert r["matched"] + r["flips"] >= r["boxes"], (name, size, r)
-    assert list(rows["onnx-dynamic"]["sizes"]) == ["64", "96"]  # a dynamic export also runs at another size
+    assert list(rows["onnx-dynamic"]["sizes"]) == ["128", "96"]  # a dynamic export also runs at another size
     table = report(list(rows.values()))
     assert table.count("| match |") == len(names)
 

@@ -16,6 +16,7 @@ with IoU > 0.99; reduced-precision cases report their figures (their mAP change 
 """
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -123,10 +124,8 @@ def _openvino_f32(backend, exported):
 
     OpenVINO's CPU plugin computes in bfloat16 by default on CPUs with AVX512-BF16 or AMX (this machine's EPYC has
     AVX512-BF16), and Ultralytics asks for f32 only on Windows and ARM64, so `YOLO(exported)` runs an fp32 export
-    in bf16 here: the `openvino-bf16` case measures that.
+    in bf16 there: the `openvino-bf16` case measures that.
     """
-    import functools
-
     import openvino as ov
 
     ov_backend = backend.backend
@@ -136,14 +135,18 @@ def _openvino_f32(backend, exported):
     ov_backend.ov_compiled_model = ov_backend.compile_model(ov.Core().read_model(next(Path(exported).glob("*.xml"))))
 
 
+FULL_PRECISION = {"openvino": _openvino_f32}  # runtimes whose CPU default is not float32
+
+
 def _load(exported, name):
-    """`AutoBackend` of an export on the CPU, as case `name` runs it."""
+    """`AutoBackend` of an export on the CPU, as case `name` runs it (fp32 cases in float32 arithmetic)."""
     import torch
     from ultralytics.nn.autobackend import AutoBackend
 
     backend = AutoBackend(exported, device=torch.device("cpu"), verbose=False)
-    if CASES[name][0].get("format") == "openvino" and CASES[name][1] == "fp32":
-        _openvino_f32(backend, exported)
+    kwargs, precision = CASES[name]
+    if precision == "fp32" and kwargs.get("format") in FULL_PRECISION:
+        FULL_PRECISION[kwargs["format"]](backend, exported)
     return backend
 
 
@@ -154,7 +157,11 @@ def _export(checkpoint, kwargs, imgsz, data, folder):
     folder.mkdir(parents=True, exist_ok=True)
     local = folder / Path(checkpoint).name
     shutil.copyfile(checkpoint, local)
-    extra = {"data": data} if kwargs.get("quantize") == 8 else {}
+    from ultralytics.engine.exporter import export_formats
+
+    formats = export_formats()
+    takes_data = "data" in formats["Arguments"][formats["Argument"].index(kwargs["format"])]
+    extra = {"data": data} if kwargs.get("quantize") == 8 and takes_data else {}  # calibration; MNN int8 has none
     return YOLO(local).export(imgsz=imgsz, device="cpu", verbose=False, **kwargs, **extra)
 
 
@@ -174,7 +181,8 @@ def check_case(name, model, images, imgsz, out, baseline=None, data=None, val=Fa
         conf (float): NMS confidence threshold for the box comparison.
 
     Returns:
-        (dict): `sizes` (per size: raw errors and box matching), `map`, `latency_ms` / `baseline_latency_ms`.
+        (dict): `sizes` (per size: raw errors and box matching), `map`, and with a baseline: `baseline` (its raw
+        errors at `imgsz`), `latency_ms` / `baseline_latency_ms`.
     """
     from ultralytics import YOLO
 
@@ -205,6 +213,8 @@ def check_case(name, model, images, imgsz, out, baseline=None, data=None, val=Fa
         _stage("latency")
         other = _export(baseline, kwargs, imgsz, data, out / "baseline") if kwargs else str(baseline)
         other = _load(other, name)
+        batch = load_images(images, imgsz)  # the same check for the baseline: is a difference EMA's or the format's?
+        result["baseline"] = raw_error(_infer(other, batch), _infer(_load(str(baseline), "pytorch"), batch), imgsz)
         ms = _latency([backend, other], load_images(images[:1], imgsz))
         result["latency_ms"], result["baseline_latency_ms"] = ms[0] * 1e3, ms[1] * 1e3
     return result
@@ -295,25 +305,30 @@ def _not_installed(log_file):
 
 
 def _fmt(value, spec):
+    """`value` formatted with `spec`, or '-' when absent."""
     return "-" if value is None else format(value, spec)
 
 
 def report(rows, reference_map=None):
     """Markdown table of `run_cases` rows (max over sizes of each error; mAP change vs `reference_map`)."""
-    head = "| case | precision | status | max raw diff | max box diff / imgsz | max score diff | boxes matched | mAP50-95 | mAP change | latency ms (EMA / baseline) |"
+    head = (
+        "| case | precision | status | max raw diff | max box diff / imgsz | max score diff | boxes matched "
+        "| baseline max raw diff | mAP50-95 | mAP change | latency ms (model / baseline) |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         sizes = list(r.get("sizes", {}).values())
-        worst = lambda key: max(s[key] for s in sizes) if sizes else None  # noqa: E731
+        worst = {key: max(s[key] for s in sizes) if sizes else None for key in ("raw", "box", "score")}
         boxes = f"{sum(s['matched'] for s in sizes)}/{sum(s['boxes'] for s in sizes)}" if sizes else "-"
         for key in ("flips", "unmatched"):
             if sizes and any(s[key] for s in sizes):
                 boxes += f", {sum(s[key] for s in sizes)} {key}"
         change = r["map"] - reference_map if "map" in r and reference_map is not None else None
-        latency = (f"{r['latency_ms']:.1f} / {r['baseline_latency_ms']:.1f}" if "latency_ms" in r else "-")
+        latency = f"{r['latency_ms']:.1f} / {r['baseline_latency_ms']:.1f}" if "latency_ms" in r else "-"
         lines.append(
-            f"| {r['case']} | {r['precision']} | {r['status']} | {_fmt(worst('raw'), '.1e')} | {_fmt(worst('box'), '.1e')} "
-            f"| {_fmt(worst('score'), '.1e')} | {boxes} | {_fmt(r.get('map'), '.4f')} | {_fmt(change, '+.4f')} | {latency} |"
+            f"| {r['case']} | {r['precision']} | {r['status']} | {_fmt(worst['raw'], '.1e')} | {_fmt(worst['box'], '.1e')} "
+            f"| {_fmt(worst['score'], '.1e')} | {boxes} | {_fmt(r.get('baseline', {}).get('raw'), '.1e')} "
+            f"| {_fmt(r.get('map'), '.4f')} | {_fmt(change, '+.4f')} | {latency} |"
         )
     return "\n".join(lines)
 
