@@ -1,12 +1,13 @@
 """EMA's export-time forward: the published equations written with operators every deployment runtime supports.
 
 The training forward folds the channel groups into the batch (B x G, C / G, H, W), as the published code does, and
-writes the 3x3 branch as shifted in-place slice additions. Runtimes without a batch dimension of their own (NCNN
-stores (C, H, W) and reads a 4-D tensor as (C, D, H, W)) or without in-place slice updates mis-shape or crash on
-that. Here the groups stay in the channel dimension: every per-group operation is a grouped convolution whose
+writes the 3x3 branch as shifted in-place slice additions; traced, that becomes dozens of Reshape, Crop and CopyTo
+layers with the export size written into them, for runtimes that may have no batch axis of their own (NCNN reads a
+4-D tensor as (C, D, H, W)). Here the groups stay in the channel dimension: every per-group operation is a grouped convolution whose
 weight is the shared per-group weight tiled G times, and a group's channel sum is a grouped 1x1 convolution with
 an all-ones weight, which also broadcasts the sum back to the group's channels. The graph is Conv, ReduceMean,
-Sigmoid, Softmax, Mul, Add, Sub, Sqrt, Div and a Reshape on each side of the softmax, in the input's dtype.
+ReduceMax, Abs, Clip, Sigmoid, Softmax, Mul, Add, Sub, Sqrt, Div and a Reshape on each side of the softmax, in the
+input's dtype; it stays finite in float16 (see the GroupNorm step).
 """
 
 import torch
@@ -48,10 +49,13 @@ def ema_export_forward(x, groups, gn, conv1x1, conv3x3):
     gate_h = F.conv2d(x.mean(3, keepdim=True), w1, b1, groups=g).sigmoid()
     gate_w = F.conv2d(x.mean(2, keepdim=True), w1, b1, groups=g).sigmoid()
 
-    # GroupNorm(cg, cg) normalises each channel over (H, W).
+    # GroupNorm(cg, cg) normalises each channel over (H, W). The deviations are divided by their largest magnitude
+    # before squaring, so the variance cannot overflow in float16 exports (|d| > 256 would square past 65504).
     t = x * gate_h * gate_w
     d = t - t.mean((2, 3), keepdim=True)
-    x1 = d / torch.sqrt((d * d).mean((2, 3), keepdim=True) + gn.eps) * tile(gn.weight).view(1, c, 1, 1)
+    a = d.abs().amax((2, 3), keepdim=True).clamp_min(gn.eps)
+    u = d / a
+    x1 = u / torch.sqrt((u * u).mean((2, 3), keepdim=True) + gn.eps / (a * a)) * tile(gn.weight).view(1, c, 1, 1)
     x1 = x1 + tile(gn.bias).view(1, c, 1, 1)
 
     # 3x3 branch and the two cross-spatial softmaxes (over each group's channels).
