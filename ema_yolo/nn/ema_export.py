@@ -44,10 +44,12 @@ def ema_export_forward(x, groups, gn, conv1x1, conv3x3):
     def tile(t):  # a per-group parameter repeated for the G groups along the output channels
         return t.to(dt).repeat(g, *(1,) * (t.dim() - 1))
 
+    def conv(inp, layer, **kwargs):  # grouped conv, tiled weight; the bias added apart: X2Paddle needs it constant
+        return F.conv2d(inp, tile(layer.weight), groups=g, **kwargs) + tile(layer.bias).view(1, c, 1, 1)
+
     # Directional pooling and the shared 1x1 conv: gates (B, C, H, 1) and (B, C, 1, W).
-    w1, b1 = tile(conv1x1.weight), tile(conv1x1.bias)
-    gate_h = F.conv2d(x.mean(3, keepdim=True), w1, b1, groups=g).sigmoid()
-    gate_w = F.conv2d(x.mean(2, keepdim=True), w1, b1, groups=g).sigmoid()
+    gate_h = conv(x.mean(3, keepdim=True), conv1x1).sigmoid()
+    gate_w = conv(x.mean(2, keepdim=True), conv1x1).sigmoid()
 
     # GroupNorm(cg, cg) normalises each channel over (H, W). The deviations are divided by their largest magnitude
     # before squaring, so the variance cannot overflow in float16 exports (|d| > 256 would square past 65504).
@@ -55,11 +57,12 @@ def ema_export_forward(x, groups, gn, conv1x1, conv3x3):
     d = t - t.mean((2, 3), keepdim=True)
     a = d.abs().amax((2, 3), keepdim=True).clamp_min(gn.eps)
     u = d / a
-    x1 = u / torch.sqrt((u * u).mean((2, 3), keepdim=True) + gn.eps / (a * a)) * tile(gn.weight).view(1, c, 1, 1)
+    eps = torch.full((1, 1, 1, 1), gn.eps, dtype=dt, device=x.device)  # a tensor: X2Paddle has no scalar/tensor op
+    x1 = u / torch.sqrt((u * u).mean((2, 3), keepdim=True) + eps / (a * a)) * tile(gn.weight).view(1, c, 1, 1)
     x1 = x1 + tile(gn.bias).view(1, c, 1, 1)
 
     # 3x3 branch and the two cross-spatial softmaxes (over each group's channels).
-    x2 = F.conv2d(x, tile(conv3x3.weight), tile(conv3x3.bias), padding=1, groups=g)
+    x2 = conv(x, conv3x3, padding=1)
     s1 = tile(torch.softmax(gn.bias, 0)).view(1, c, 1, 1)  # softmax of the spatial mean of x1, which is gn.bias
     s2 = torch.softmax(x2.mean((2, 3)).view(-1, g, cg), -1).view(-1, c, 1, 1)
 
