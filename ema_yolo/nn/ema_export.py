@@ -57,7 +57,7 @@ def ema_export_forward(x, groups, gn, conv1x1, conv3x3):
     d = t - t.mean((2, 3), keepdim=True)
     a = d.abs().amax((2, 3), keepdim=True).clamp_min(gn.eps)
     u = d / a
-    eps = torch.full((1, 1, 1, 1), gn.eps, dtype=dt, device=x.device)  # a tensor: X2Paddle has no scalar/tensor op
+    eps = a * 0 + gn.eps  # a tensor, as the ones below: X2Paddle has no scalar / tensor operator
     x1 = u / torch.sqrt((u * u).mean((2, 3), keepdim=True) + eps / (a * a)) * tile(gn.weight).view(1, c, 1, 1)
     x1 = x1 + tile(gn.bias).view(1, c, 1, 1)
 
@@ -67,5 +67,7 @@ def ema_export_forward(x, groups, gn, conv1x1, conv3x3):
     s2 = torch.softmax(x2.mean((2, 3)).view(-1, g, cg), -1).view(-1, c, 1, 1)
 
     # Per group: sum_k s1[k] x2[k] + s2[k] x1[k], summed and broadcast back to the group's channels by one conv.
-    ones = torch.ones(c, cg, 1, 1, dtype=dt, device=x.device)
+    # An all-ones (C, cg, 1, 1) weight computed from a weight: LiteRT's int8 quantiser rejects tensors created in
+    # forward (torch.ones), X2Paddle has no aten::ones_like.
+    ones = tile(conv1x1.weight) * 0 + 1
     return x * F.conv2d(x2 * s1 + x1 * s2, ones, groups=g).sigmoid()
