@@ -55,7 +55,7 @@ def ema_export_forward(x, groups, gn, conv1x1, conv3x3):
     # before squaring, so the variance cannot overflow in float16 exports (|d| > 256 would square past 65504).
     t = x * gate_h * gate_w
     d = t - t.mean((2, 3), keepdim=True)
-    a = d.abs().amax((2, 3), keepdim=True).clamp_min(gn.eps)
+    a = d.abs().amax((2, 3), keepdim=True).clamp(min=gn.eps)  # PNNX does not convert clamp_min
     u = d / a
     eps = a * 0 + gn.eps  # a tensor, as the ones below: X2Paddle has no scalar / tensor operator
     x1 = u / torch.sqrt((u * u).mean((2, 3), keepdim=True) + eps / (a * a)) * tile(gn.weight).view(1, c, 1, 1)
