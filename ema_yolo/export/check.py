@@ -8,7 +8,7 @@ A case exports the model with Ultralytics' exporter, loads the result with Ultra
 - raw head outputs against the PyTorch checkpoint's (`compare.raw_error`), at the export size and, for dynamic
   exports, at a second size;
 - boxes after Ultralytics' NMS (`compare.match_boxes`);
-- with `--data`: mAP50-95 from `YOLO(exported).val(...)`, against the checkpoint's;
+- with `--val`: mAP50-95 from `YOLO(exported).val(data=...)`, against the checkpoint's (case `pytorch`);
 - with `--baseline`: per-image latency of the model and of the baseline exported the same way, timed interleaved.
 
 A full-precision (fp32) case passes when its raw outputs differ by less than 1e-3 and every confident box has a twin
@@ -106,16 +106,13 @@ def _infer(backend, images):
 
 
 def _latency(backends, image, rounds=5, calls=5):
-    """Median seconds per call of each backend on `image`, interleaved round by round."""
+    """Median seconds per call of each backend on `image`, interleaved round by round (`bench.time_calls`)."""
+    from ..bench import time_calls
+
     samples = [[] for _ in backends]
-    for backend in backends:
-        _infer(backend, image)  # warm-up
-    for _ in range(rounds):
+    for r in range(rounds):
         for backend, times in zip(backends, samples):
-            start = time.perf_counter()
-            for _ in range(calls):
-                _infer(backend, image)
-            times.append((time.perf_counter() - start) / calls)
+            times += time_calls(lambda: _infer(backend, image), "cpu", calls, warmup=int(r == 0))  # noqa: B023
     return [statistics.median(t) for t in samples]
 
 
