@@ -19,6 +19,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -296,8 +297,8 @@ def _failure(log_file, code, timeout):
 def _not_installed(log_file):
     """The converter's missing requirement, if the child failed because Ultralytics found it not installed."""
     for line in log_file.read_text(errors="replace").splitlines():
-        if "not found, AutoUpdate disabled" in line or "No module named" in line:
-            return line.split("requirement", 1)[-1].split("ModuleNotFoundError:", 1)[-1].strip()
+        if found := re.search(r"(\['[^\]]*\]) not found, AutoUpdate disabled|(No module named \S+)", line):
+            return found.group(2) or f"{found.group(1)} not found"
     return None
 
 
