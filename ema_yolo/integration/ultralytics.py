@@ -7,6 +7,8 @@ Four facts about Ultralytics 8.4 drive this module:
   variable of that name, and it records an unknown module's output width as its input width. `graph_widths` wraps
   `parse_model` to give an attention layer, through those locals, the real width of the layer it reads from,
   whatever its row writes (`[c2]`, or a literal such as `[512]`). `tests/test_integration.py` pins this.
+- The exporter switches its head to export mode (`Detect.export = True`) and then fires `on_export_start` with the
+  model it will convert; a default callback switches every EMA there to its export-time forward the same way.
 - Model YAML names go through `ultralytics.utils.checks.check_file`, which only searches Ultralytics' own folder;
   a wrapper adds the YAMLs shipped with ema-yolo for bare file names.
 - Every pretrained load (`YOLO(yaml).load(pt)`, `pretrained=PATH` in the CLI, the Python API and DDP workers) goes
@@ -81,14 +83,21 @@ def _check_parse_model(tasks):
         )
 
 
+def _export_mode(exporter):
+    """Ultralytics `on_export_start` callback: EMA layers of the model being exported use their export forward."""
+    for m in exporter.model.modules():
+        if isinstance(m, EMA):
+            m.export = True
+
+
 def register():
     """Make EMA, CBAM, CA and SE resolvable in Ultralytics model YAMLs, and ema-yolo's YAMLs by bare name.
 
     Also gives attention rows their width from the graph (`graph_widths.install`), lets YAML rows name the CSP blocks
     with attention inside (`csp_blocks.install`: C2fEMA, C3EMA, C3k2EMA, ...), and makes pretrained loads structural
     (`transfer.install`): a stock checkpoint lands in a model that inserts attention rows into its architecture.
-    Idempotent. Also allows the layers in `torch.load(weights_only=True)`, which Ultralytics uses when
-    `ULTRALYTICS_SAFE_LOAD=1`.
+    Idempotent. Also adds a default `on_export_start` callback that puts EMA layers in export mode, and allows the
+    layers in `torch.load(weights_only=True)`, which Ultralytics uses when `ULTRALYTICS_SAFE_LOAD=1`.
 
     Raises:
         RuntimeError: If Ultralytics already defines one of these names as something else, its model parser no
@@ -97,6 +106,7 @@ def register():
     """
     from ultralytics.nn import tasks
     from ultralytics.utils import checks
+    from ultralytics.utils.callbacks.base import default_callbacks
 
     namespace = vars(tasks)
     graph_widths.install(tasks)
@@ -111,4 +121,6 @@ def register():
     csp_blocks.install(tasks)
     if not hasattr(checks.check_file, "ema_yolo_wrapped"):
         checks.check_file = _with_packaged_cfgs(checks.check_file)
+    if _export_mode not in default_callbacks["on_export_start"]:
+        default_callbacks["on_export_start"].append(_export_mode)
     torch.serialization.add_safe_globals(list(YAML_LAYERS.values()))

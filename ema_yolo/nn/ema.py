@@ -8,6 +8,7 @@ import logging
 import torch
 from torch import nn
 
+from .ema_export import ema_export_forward
 from .ema_function import EMAFunction, ema_forward
 from .graph_args import GraphArgsMeta
 
@@ -74,6 +75,8 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
         torch.Size([2, 48, 20, 20])
     """
 
+    export = False  # True in Ultralytics exports (set like `Detect.export`): `ema_export_forward`'s operators
+
     def __init__(self, channels, factor=32):
         super().__init__()
         groups = ema_groups(channels, factor)
@@ -94,6 +97,8 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
         """Apply EMA to `x` of shape (B, C, H, W)."""
         if not torch.jit.is_tracing() and x.shape[1] != self.channels:
             raise ValueError(f"EMA was built for {self.channels} channels but got an input with {x.shape[1]}")
+        if self.export:
+            return ema_export_forward(x, self.groups, self.gn, self.conv1x1, self.conv3x3)
         if torch.jit.is_tracing():  # exporters record the plain ops; a custom Function would be opaque to them
             return ema_forward(x, self.groups, self.gn.eps, *self._params())[0]
         return EMAFunction.apply(x, self.groups, self.gn.eps, *self._params())
