@@ -14,29 +14,13 @@ from pathlib import Path
 import torch
 
 from .nn import EMA, EMAReference, ema_groups
+from .timing import time_calls
 
 # YOLOv8n and YOLOv8s neck feature maps at 640 px, batch 8 (the layers the EMA placements sit on).
 MODULE_SHAPES = {
     "yolov8n": [(8, 64, 80, 80), (8, 128, 40, 40), (8, 256, 20, 20)],
     "yolov8s": [(8, 128, 80, 80), (8, 256, 40, 40), (8, 512, 20, 20)],
 }
-
-
-def time_calls(fn, device, repeats, warmup=1):
-    """Return the per-call seconds of `fn` over `repeats` calls, after `warmup` calls (CUDA work is synchronised)."""
-    device = torch.device(device)
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return samples
 
 
 def bench_module(shapes, device="cpu", dtype=torch.float32, repeats=5, rounds=3):
@@ -131,7 +115,7 @@ def bench_step(family="yolov5-p2", scale="s", imgsz=640, batch=2, device="cpu", 
     from ultralytics.nn.tasks import DetectionModel
 
     from . import register
-    from .eval.compare import variant_cfg  # compare imports this module
+    from .eval.compare import variant_cfg
 
     register()
     torch.manual_seed(0)

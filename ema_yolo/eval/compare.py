@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..bench import time_calls
+from ..timing import time_calls
 from .commands import model_predictions
 from .protocols import evaluate, load_ground_truth
 
