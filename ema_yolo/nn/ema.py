@@ -8,7 +8,7 @@ import logging
 import torch
 from torch import nn
 
-from .ema_function import EMAFunction, ema_forward
+from .ema_function import ema, ema_forward
 
 __all__ = ("EMA", "ema_groups")
 
@@ -102,6 +102,6 @@ class EMA(nn.Module):
             )
         gn, conv1x1, conv3x3 = self.gn, self.conv1x1, self.conv3x3
         params = (gn.weight, gn.bias, conv1x1.weight, conv1x1.bias, conv3x3.weight, conv3x3.bias)
-        if torch.jit.is_tracing():  # exporters record the plain ops; a custom Function would be opaque to them
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():  # exporters record the plain ops
             return ema_forward(x, self.groups, gn.eps, *params)[0]
-        return EMAFunction.apply(x, self.groups, gn.eps, *params)
+        return ema(x, self.groups, gn.eps, *params)
