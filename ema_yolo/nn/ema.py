@@ -47,7 +47,9 @@ class EMA(nn.Module):
     Mathematically identical to the published module (`EMAReference`), forward and backward, with the same
     parameters (`gn`, `conv1x1`, `conv3x3`, shared by all groups), so a published state dict loads with
     `strict=True`. It is faster because it never builds what the output does not need, and it has a hand-derived
-    backward (`EMAFunction`) that allocates one full-size tensor:
+    backward; both run as functional `torch.library` operators (`ema_yolo::ema`), so `torch.compile` keeps EMA as one
+    opaque node with no graph breaks, while exporters (`torch.jit.trace`, ONNX, `torch.export`) record plain ops.
+    Where the savings come from:
 
     - the groups stay in the channel dimension; directional pooling is `sum`/`mean`, not adaptive pooling, so
       dynamic-shape ONNX export is correct and the CUDA backward is deterministic;

@@ -1,9 +1,8 @@
-"""EMA's forward and hand-derived backward as one autograd Function.
+"""EMA's forward and hand-derived backward as two `torch.library` operators, `ema_yolo::ema` and its backward.
 
 Written for memory traffic: on CPU every fresh multi-megabyte tensor costs page faults that take longer than the
 arithmetic on it, so the forward allocates two full-size tensors (the normalised gate product, kept for backward,
-and the output) and the backward one, and the 3x3 branch's tap planes are written into buffers that are already
-owned. Only the equations of the published module are implemented; see `EMA` for what they are.
+and the output) and the backward two, and the 3x3 branch's tap planes are written into buffers the operator owns. Only the equations of the published module are implemented; see `EMA` for what they are.
 
 Notation, per group (n = batch x groups): z (cg, h, w) is the input, g_h (cg, h) and g_w (cg, w) the sigmoid gates,
 t = z * g_h * g_w, xhat = (t - mean) * rstd the GroupNorm-normalised t, s1 = softmax(gn.bias), s2 = softmax over
