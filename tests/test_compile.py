@@ -19,7 +19,7 @@ from ema_yolo.nn.ema_function import ema_backward_op, ema_op
 ROOT = Path(__file__).resolve().parents[1]
 
 # Module-level compile of EMA(64) at 2x64x8x8: train (forward twice before one backward), inference, channels_last,
-# autocast bfloat16; relative differences against eager, and dynamo's graph-break count for the module.
+# autocast bfloat16, dynamic shapes; relative differences against eager, and dynamo's graph-break count.
 _MODULE_SCRIPT = r"""
 import json, sys, torch
 from ema_yolo.nn import EMA, EMAReference
@@ -61,6 +61,8 @@ res = {
 }
 with torch.no_grad():
     res["inference"] = rel(compiled(x), ref(x))
+dynamic = torch.compile(eager, mode=sys.argv[1], dynamic=True)  # symbolic shapes: the fake kernels' formulas
+res["dynamic"] = max(worst(step(dynamic, xs), step(eager, xs)) for xs in (x, torch.randn(3, 64, 5, 9, requires_grad=True)))
 explain = torch._dynamo.explain(eager)(x)
 res["graphs"], res["graph_breaks"] = explain.graph_count, explain.graph_break_count
 res["ema_op_in_graph"] = "ema_yolo.ema" in explain.graphs[0].code
@@ -79,7 +81,7 @@ def _run(args, cwd, timeout=600):
 def test_compiled_module_matches_eager_in_a_fresh_process(mode, tmp_path):
     res = json.loads(_run([sys.executable, "-c", _MODULE_SCRIPT, mode], cwd=tmp_path).strip().splitlines()[-1])
     assert res["graphs"] == 1 and res["graph_breaks"] == 0 and res["ema_op_in_graph"], res
-    for key in ("train", "channels_last", "inference"):
+    for key in ("train", "channels_last", "inference", "dynamic"):
         assert res[key] < 1e-5, res
     assert res["train_vs_reference"] < 1e-3 and res["bf16_autocast"] < 1e-3, res
 
