@@ -6,6 +6,7 @@ Ratios, not absolute times, are the result: both modules run interleaved in one 
 """
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -67,6 +68,14 @@ def bench_module(shapes, device="cpu", dtype=torch.float32, repeats=5, rounds=3)
     return rows
 
 
+_PASS_BYTES = 256 * 2**20  # more than the last-level cache of the CPUs this runs on
+
+
+def _one_pass(src, out):
+    """The unit: read `src` once, write `out` once."""
+    return torch.mul(src, 2.0, out=out)
+
+
 def _no_grad_call(module, x):
     """Inference: `module(x)` without autograd."""
     with torch.no_grad():
@@ -77,7 +86,9 @@ def bench_roofline(shapes, compile=True, repeats=5, rounds=3):
     """EMA's CPU cost in read+write passes over its input: forward and forward+backward, per implementation.
 
     One pass is `torch.mul(x, 2, out=out)` over a tensor of the input's shape (read once, written once), timed
-    interleaved with the modules, so the figures are in units of what the memory system allows on this machine.
+    interleaved with the modules, so the figures are in units of what the memory system allows on this machine. The
+    passes rotate over enough tensors (`_PASS_BYTES` in all) that each one reads and writes main memory, not a
+    cache that the previous pass warmed (P3 at batch 8, 2 x 13 MB, would otherwise fit a 32 MB L3).
 
     Args:
         shapes (list[tuple]): Input shapes (B, C, H, W), float32.
@@ -99,8 +110,10 @@ def bench_roofline(shapes, compile=True, repeats=5, rounds=3):
             # static shapes: inductor (torch 2.14) fails on the published structure with symbolic shapes
             modules.update({f"compiled {name}": torch.compile(m, dynamic=False) for name, m in list(modules.items())})
         x = torch.randn(shape, requires_grad=True)
-        src, out = torch.randn(shape), torch.empty(shape)
-        calls = {"pass": lambda: torch.mul(src, 2.0, out=out)}
+        pairs = itertools.cycle(
+            [(torch.randn(shape), torch.empty(shape)) for _ in range(max(2, -(-_PASS_BYTES // (8 * x.numel()))))]
+        )
+        calls = {"pass": lambda: _one_pass(*next(pairs))}
         for name, m in modules.items():
             calls[f"{name} forward"] = lambda m=m: _no_grad_call(m, x)
             calls[f"{name} forward+backward"] = lambda m=m: m(x).sum().backward()
