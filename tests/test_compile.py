@@ -141,3 +141,17 @@ def test_jit_trace_of_the_module_matches_reference():
     with torch.no_grad():
         assert torch.allclose(traced(x), ref(x), atol=1e-5)
     assert "ema_yolo::" not in str(traced.graph)  # plain ops, no custom operator
+
+
+def test_flop_counter_sees_the_plain_ops():
+    # `ema-yolo compare` counts GFLOPs at the ATen level; an opaque operator would count as zero
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ema_yolo.nn.ema_function import ema_forward
+
+    m, x = EMA(64), torch.randn(1, 64, 20, 20)
+    with FlopCounterMode(display=False) as module_count:
+        m(x)
+    with FlopCounterMode(display=False) as plain_count:
+        ema_forward(x, m.groups, m.gn.eps, *m.parameters())
+    assert module_count.get_total_flops() == plain_count.get_total_flops() > 0

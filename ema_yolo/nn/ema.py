@@ -7,6 +7,7 @@ import logging
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .ema_function import ema, ema_forward
 
@@ -41,6 +42,11 @@ def ema_groups(channels, factor=32):
     return next(g for g in range(min(factor, channels), 0, -1) if channels % g == 0)
 
 
+def _observed():
+    """True outside torch.compile while a Python dispatch mode watches the ATen ops (a FLOP counter, a debug mode)."""
+    return not torch.compiler.is_compiling() and is_in_torch_dispatch_mode()
+
+
 class EMA(nn.Module):
     """Efficient Multi-Scale Attention (Ouyang et al., ICASSP 2023, arXiv 2305.13563).
 
@@ -48,7 +54,8 @@ class EMA(nn.Module):
     parameters (`gn`, `conv1x1`, `conv3x3`, shared by all groups), so a published state dict loads with
     `strict=True`. It is faster because it never builds what the output does not need, and it has a hand-derived
     backward; both run as functional `torch.library` operators (`ema_yolo::ema`), so `torch.compile` keeps EMA as one
-    opaque node with no graph breaks, while exporters (`torch.jit.trace`, ONNX, `torch.export`) record plain ops.
+    opaque node with no graph breaks, while exporters (`torch.jit.trace`, ONNX, `torch.export`) and FLOP counters
+    (`torch.utils.flop_counter`) see plain ops.
     Where the savings come from:
 
     - the groups stay in the channel dimension; directional pooling is `sum`/`mean`, not adaptive pooling, so
@@ -104,6 +111,6 @@ class EMA(nn.Module):
             )
         gn, conv1x1, conv3x3 = self.gn, self.conv1x1, self.conv3x3
         params = (gn.weight, gn.bias, conv1x1.weight, conv1x1.bias, conv3x3.weight, conv3x3.bias)
-        if torch.jit.is_tracing() or torch.compiler.is_exporting():  # exporters record the plain ops
-            return ema_forward(x, self.groups, gn.eps, *params)[0]
+        if torch.jit.is_tracing() or torch.compiler.is_exporting() or _observed():
+            return ema_forward(x, self.groups, gn.eps, *params)[0]  # exporters and op observers see the plain ops
         return ema(x, self.groups, gn.eps, *params)
