@@ -2,10 +2,11 @@
 
 Importing this package is cheap (no torch, no ultralytics): it arranges for `register()` to run as soon as
 `ultralytics.nn.tasks` is imported, or runs it now if that already happened. An installed `ema_yolo_autoload.pth`
-imports this package at interpreter start, so the stock `yolo` command and DDP workers see EMA too.
+does the same at interpreter start through the top-level `ema_yolo_autoload` module alone, so the stock `yolo`
+command and DDP workers see EMA too.
 """
 
-from .integration.autoload import install_import_hook
+from ema_yolo_autoload import install_import_hook
 
 __version__ = "0.1.0"
 __all__ = ("__version__", "register")

@@ -6,6 +6,7 @@ Ratios, not absolute times, are the result: both modules run interleaved in one 
 """
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -14,29 +15,13 @@ from pathlib import Path
 import torch
 
 from .nn import EMA, EMAReference, ema_groups
+from .timing import time_calls
 
 # YOLOv8n and YOLOv8s neck feature maps at 640 px, batch 8 (the layers the EMA placements sit on).
 MODULE_SHAPES = {
     "yolov8n": [(8, 64, 80, 80), (8, 128, 40, 40), (8, 256, 20, 20)],
     "yolov8s": [(8, 128, 80, 80), (8, 256, 40, 40), (8, 512, 20, 20)],
 }
-
-
-def time_calls(fn, device, repeats, warmup=1):
-    """Return the per-call seconds of `fn` over `repeats` calls, after `warmup` calls (CUDA work is synchronised)."""
-    device = torch.device(device)
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return samples
 
 
 def bench_module(shapes, device="cpu", dtype=torch.float32, repeats=5, rounds=3):
@@ -79,6 +64,67 @@ def bench_module(shapes, device="cpu", dtype=torch.float32, repeats=5, rounds=3)
                     ms[("reference", "forward+backward")] / ms[("fast", "forward+backward")], 2
                 ),
             }
+        )
+    return rows
+
+
+_PASS_BYTES = 256 * 2**20  # more than the last-level cache of the CPUs this runs on
+
+
+def _one_pass(src, out):
+    """The unit: read `src` once, write `out` once."""
+    return torch.mul(src, 2.0, out=out)
+
+
+def _no_grad_call(module, x):
+    """Inference: `module(x)` without autograd."""
+    with torch.no_grad():
+        return module(x)
+
+
+def bench_roofline(shapes, compile=True, repeats=5, rounds=3):
+    """EMA's CPU cost in read+write passes over its input: forward and forward+backward, per implementation.
+
+    One pass is `torch.mul(x, 2, out=out)` over a tensor of the input's shape (read once, written once), timed
+    interleaved with the modules, so the figures are in units of what the memory system allows on this machine. The
+    passes rotate over enough tensors (`_PASS_BYTES` in all) that each one reads and writes main memory, not a
+    cache that the previous pass warmed (P3 at batch 8, 2 x 13 MB, would otherwise fit a 32 MB L3).
+
+    Args:
+        shapes (list[tuple]): Input shapes (B, C, H, W), float32.
+        compile (bool): Also time `torch.compile` (inductor) of both modules (compiles once per shape and module).
+        repeats (int): Timed calls per round.
+        rounds (int): Interleaved rounds; the median over all calls is reported.
+
+    Returns:
+        (list[dict]): Per shape: the pass in ms, then forward and forward+backward passes of EMA (default path),
+        EMAReference (the published structure) and, with `compile`, of both compiled.
+    """
+    rows = []
+    for shape in shapes:
+        ref = EMAReference(shape[1], ema_groups(shape[1]))
+        fast = EMA(shape[1])
+        fast.load_state_dict(ref.state_dict())
+        modules = {"EMA": fast, "EMAReference": ref}
+        if compile:
+            # static shapes: inductor (torch 2.14) fails on the published structure with symbolic shapes
+            modules.update({f"compiled {name}": torch.compile(m, dynamic=False) for name, m in list(modules.items())})
+        x = torch.randn(shape, requires_grad=True)
+        pairs = itertools.cycle(
+            [(torch.randn(shape), torch.empty(shape)) for _ in range(max(2, -(-_PASS_BYTES // (8 * x.numel()))))]
+        )
+        calls = {"pass": lambda: _one_pass(*next(pairs))}
+        for name, m in modules.items():
+            calls[f"{name} forward"] = lambda m=m: _no_grad_call(m, x)
+            calls[f"{name} forward+backward"] = lambda m=m: m(x).sum().backward()
+        times = {}
+        for _ in range(rounds):
+            for key, fn in calls.items():
+                times.setdefault(key, []).extend(time_calls(fn, "cpu", repeats))
+        unit = statistics.median(times.pop("pass"))
+        rows.append(
+            {"shape": list(shape), "pass ms": round(unit * 1e3, 3),
+             **{f"{key} passes": round(statistics.median(v) / unit, 1) for key, v in times.items()}}
         )
     return rows
 
@@ -131,7 +177,7 @@ def bench_step(family="yolov5-p2", scale="s", imgsz=640, batch=2, device="cpu", 
     from ultralytics.nn.tasks import DetectionModel
 
     from . import register
-    from .eval.compare import variant_cfg  # compare imports this module
+    from .eval.compare import variant_cfg
 
     register()
     torch.manual_seed(0)
@@ -200,7 +246,7 @@ def main(argv=None):
     from .eval.compare import FAMILIES
 
     parser = argparse.ArgumentParser(prog="ema-yolo bench", description=__doc__)
-    parser.add_argument("what", choices=["module", "step", "video"], help="what to benchmark")
+    parser.add_argument("what", choices=["module", "roofline", "step", "video"], help="what to benchmark")
     parser.add_argument("--model", help="video: model to run")
     parser.add_argument("--source", help="video: video file")
     parser.add_argument(
@@ -215,7 +261,9 @@ def main(argv=None):
     parser.add_argument("--json", help="where to write the results (default bench_<what>.json)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to add fp32 and fp16 CUDA timings")
     parser.add_argument("--shapes", nargs="+", type=_shape, metavar="BxCxHxW",
-                        help="module: input shapes (default: the YOLOv8n and YOLOv8s neck maps at 640 px, batch 8)")
+                        help="module, roofline: input shapes (default module: the YOLOv8n and YOLOv8s neck maps at "
+                        "640 px, batch 8; roofline: the YOLOv8n ones)")
+    parser.add_argument("--no-compile", action="store_true", help="roofline: skip the torch.compile rows")
     args = parser.parse_args(argv)
     args.json = args.json or f"bench_{args.what}.json"
 
@@ -233,6 +281,12 @@ def main(argv=None):
         )
         print(format_table([result]))
         Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+        return
+    if args.what == "roofline":
+        rows = bench_roofline(args.shapes or MODULE_SHAPES["yolov8n"], not args.no_compile, args.repeats or 5, args.rounds)
+        print(format_table(rows))
+        Path(args.json).write_text(json.dumps({"torch": torch.__version__, "threads": args.threads, "rows": rows}, indent=2))
         print(f"wrote {args.json}")
         return
     shapes = args.shapes or [s for family in MODULE_SHAPES.values() for s in family]

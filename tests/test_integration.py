@@ -188,6 +188,32 @@ def test_wheel_ships_cfgs_and_autoload(tmp_path):
     assert out[-2].startswith(str(tmp_path / "site")) and out[-1] == "2"  # addsitedir ran the wheel's .pth
 
 
+def test_interpreter_start_hook_imports_only_itself(tmp_path):
+    # The .pth line runs in every Python process of the environment: it must import one small module and nothing
+    # else (the old hook pulled in importlib.abc and ema_yolo, ~30-50 ms here). Timed in fresh interpreters by
+    # CPython's own -X importtime; the bound is loose for a shared machine, the module list is exact.
+    import shutil
+    import statistics
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copy(root / "ema_yolo_autoload.pth", tmp_path)
+    code = (
+        "import sys, site; before = set(sys.modules); site.addsitedir(sys.argv[1]); "
+        "print(sorted(set(sys.modules) - before), type(sys.meta_path[0]).__name__)"
+    )
+    costs_us = []
+    for _ in range(5):
+        proc = subprocess.run(
+            [sys.executable, "-S", "-X", "importtime", "-c", code, str(tmp_path)],
+            env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.split() == ["['ema_yolo_autoload']", "_TasksFinder"]
+        (line,) = [x for x in proc.stderr.splitlines() if x.endswith("| ema_yolo_autoload")]
+        costs_us.append(int(line.split("|")[1]))  # cumulative microseconds
+    assert statistics.median(costs_us) < 10_000, costs_us
+
+
 def test_explicit_entry_point_runs_the_stock_command(tmp_path):
     from ultralytics.utils import ASSETS
 

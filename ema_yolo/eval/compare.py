@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..bench import time_calls
 from ..integration.transfer import transfer_report
+from ..timing import time_calls
 from .commands import format_metric, model_predictions
 from .protocols import evaluate, load_ground_truth
 

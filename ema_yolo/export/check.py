@@ -107,8 +107,8 @@ def _infer(backend, images):
 
 
 def _latency(backends, image, rounds=5, calls=5):
-    """Median seconds per call of each backend on `image`, interleaved round by round (`bench.time_calls`)."""
-    from ..bench import time_calls
+    """Median seconds per call of each backend on `image`, interleaved round by round (`timing.time_calls`)."""
+    from ..timing import time_calls
 
     samples = [[] for _ in backends]
     for r in range(rounds):

@@ -7,9 +7,10 @@ import logging
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .ema_export import ema_export_forward
-from .ema_function import EMAFunction, ema_forward
+from .ema_function import ema, ema_forward
 from .graph_args import GraphArgsMeta
 
 __all__ = ("EMA", "ema_groups")
@@ -39,13 +40,21 @@ def ema_groups(channels, factor=32):
     return next(g for g in range(min(factor, channels), 0, -1) if channels % g == 0)
 
 
+def _observed():
+    """True outside torch.compile while a Python dispatch mode watches the ATen ops (a FLOP counter, a debug mode)."""
+    return not torch.compiler.is_compiling() and is_in_torch_dispatch_mode()
+
+
 class EMA(nn.Module, metaclass=GraphArgsMeta):
     """Efficient Multi-Scale Attention (Ouyang et al., ICASSP 2023, arXiv 2305.13563).
 
     Mathematically identical to the published module (`EMAReference`), forward and backward, with the same
     parameters (`gn`, `conv1x1`, `conv3x3`, shared by all groups), so a published state dict loads with
     `strict=True`. It is faster because it never builds what the output does not need, and it has a hand-derived
-    backward (`EMAFunction`) that allocates one full-size tensor:
+    backward; both run as functional `torch.library` operators (`ema_yolo::ema`), so `torch.compile` keeps EMA as one
+    opaque node with no graph breaks, while exporters (`torch.jit.trace`, ONNX, `torch.export`) and FLOP counters
+    (`torch.utils.flop_counter`) see plain ops.
+    Where the savings come from:
 
     - the groups stay in the channel dimension; directional pooling is `sum`/`mean`, not adaptive pooling, so
       dynamic-shape ONNX export is correct and the CUDA backward is deterministic;
@@ -99,9 +108,9 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
             raise ValueError(f"EMA was built for {self.channels} channels but got an input with {x.shape[1]}")
         if self.export:
             return ema_export_forward(x, self.groups, self.gn, self.conv1x1, self.conv3x3)
-        if torch.jit.is_tracing():  # exporters record the plain ops; a custom Function would be opaque to them
-            return ema_forward(x, self.groups, self.gn.eps, *self._params())[0]
-        return EMAFunction.apply(x, self.groups, self.gn.eps, *self._params())
+        if torch.jit.is_tracing() or torch.compiler.is_exporting() or _observed():
+            return ema_forward(x, self.groups, self.gn.eps, *self._params())[0]  # exporters, op observers: plain ops
+        return ema(x, self.groups, self.gn.eps, *self._params())
 
     def _params(self):
         gn, conv1x1, conv3x3 = self.gn, self.conv1x1, self.conv3x3
@@ -122,5 +131,5 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
             torch.Size([2, 16, 8, 8])
         """
         with torch.no_grad():
-            sig = ema_forward(x, self.groups, self.gn.eps, *self._params())[1][3]  # (B * G, H, W)
+            _, (_, _, sig, *_) = ema_forward(x, self.groups, self.gn.eps, *self._params())  # sig: (B * G, H, W)
         return sig.view(x.shape[0], self.groups, *x.shape[2:])

@@ -1,9 +1,8 @@
-"""EMA's forward and hand-derived backward as one autograd Function.
+"""EMA's forward and hand-derived backward as two `torch.library` operators, `ema_yolo::ema` and its backward.
 
 Written for memory traffic: on CPU every fresh multi-megabyte tensor costs page faults that take longer than the
 arithmetic on it, so the forward allocates two full-size tensors (the normalised gate product, kept for backward,
-and the output) and the backward one, and the 3x3 branch's tap planes are written into buffers that are already
-owned. Only the equations of the published module are implemented; see `EMA` for what they are.
+and the output) and the backward two, and the 3x3 branch's tap planes are written into buffers the operator owns. Only the equations of the published module are implemented; see `EMA` for what they are.
 
 Notation, per group (n = batch x groups): z (cg, h, w) is the input, g_h (cg, h) and g_w (cg, w) the sigmoid gates,
 t = z * g_h * g_w, xhat = (t - mean) * rstd the GroupNorm-normalised t, s1 = softmax(gn.bias), s2 = softmax over
@@ -15,9 +14,8 @@ the output is z * sigmoid(m).
 import contextlib
 
 import torch
-from torch.autograd.function import once_differentiable
 
-__all__ = ("ema_forward", "EMAFunction")
+__all__ = ("ema", "ema_forward")
 
 _TAPS = tuple(divmod(tap, 3) for tap in range(9))  # (dy, dx) of each 3x3 tap, row-major like the conv weight
 
@@ -125,8 +123,7 @@ def ema_forward(
     out = torch.empty_like(z) if reuse_buffers else None  # the tap planes' scratch before it holds the output
     sig = _add_conv_channel_sum(m, z, kernel, scratch=out).sigmoid_()
     out = torch.mul(z, sig.unsqueeze(1), out=out) if reuse_buffers else torch.mul(z, sig.unsqueeze(1))
-    saved = (z, xhat, gates, sig, s1, s2, rstd, taps, pooled, kernel, gn_weight, gn_bias, w1, w3, conv3x3_bias)
-    return out.view(b, c, h, w).to(x.dtype), saved
+    return out.view(b, c, h, w).to(x.dtype), (xhat, gates, sig, s1, s2, rstd, taps, pooled, kernel)
 
 
 def _autocast_off(device_type):
@@ -138,39 +135,95 @@ def _autocast_off(device_type):
     return torch.autocast(device_type, enabled=False) if enabled else contextlib.nullcontext()
 
 
-class EMAFunction(torch.autograd.Function):
-    """EMA with a hand-derived backward; `EMA` calls it. Inputs as `ema_forward`; gradients in the inputs' dtypes."""
-
-    @staticmethod
-    def forward(ctx, x, groups, eps, *params):
-        """Run `ema_forward` (autocast off: it computes in float32 or wider) and keep what the backward needs."""
-        with _autocast_off(x.device.type):
-            out, saved = ema_forward(x, groups, eps, *params, reuse_buffers=True)
-        ctx.save_for_backward(*saved)
-        ctx.x_meta = x.shape, x.dtype
-        ctx.param_meta = [(p.shape, p.dtype) for p in params]
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        """Gradients of x and the six parameters (the two ints get None)."""
-        with _autocast_off(grad_out.device.type):
-            grads = _backward(ctx, grad_out)
-        (x_shape, x_dtype), metas = ctx.x_meta, ctx.param_meta
-        return grads[0].view(x_shape).to(x_dtype), None, None, *(g.view(s).to(d) for g, (s, d) in zip(grads[1:], metas))
+# EMA as two functional operators. Their eager kernels reuse buffers freely, but only buffers they allocate
+# themselves: they never write into an input, and every tensor they return is fresh (no alias of an input). A compiler
+# (AOTAutograd, inductor) owns, donates and reuses the buffers of its graphs, saved activations included, and cannot
+# see writes hidden inside an operator; with these two contracts it needs to see none, and it keeps each operator
+# opaque: no graph breaks, no EMA kernels to generate. Shapes and strides come from the fake kernels below.
+@torch.library.custom_op("ema_yolo::ema", mutates_args=())
+def ema_op(
+    x: torch.Tensor, groups: int, eps: float, gn_weight: torch.Tensor, gn_bias: torch.Tensor,
+    conv1x1_weight: torch.Tensor, conv1x1_bias: torch.Tensor, conv3x3_weight: torch.Tensor, conv3x3_bias: torch.Tensor,
+) -> list[torch.Tensor]:
+    """EMA's forward: [output (x's shape and dtype), then the tensors the backward needs] (see `_SAVED`)."""
+    with _autocast_off(x.device.type):
+        out, saved = ema_forward(
+            x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias,
+            reuse_buffers=True,
+        )
+    return [out, *saved]
 
 
-def _backward(ctx, grad_out):
-    """EMA's backward, written out (derivation in comments). Reuses the saved xhat's memory: backward runs once."""
-    z, xhat, gates, sig, s1, s2, rstd, taps, pooled, kernel, gn_w, gn_b, w1, w3, b3 = ctx.saved_tensors
+def _saved_shapes(x, groups):
+    """Shapes of the tensors `ema_forward` saves for the backward, for input `x` (B, C, H, W), in its order."""
+    b, c, h, w = x.shape
+    n, cg = b * groups, c // groups
+    return [(n, cg, h, w), (n, cg, h + w), (n, h, w), (cg,), (n, cg), (n, cg), (n, cg, 3, 3), (n, cg, h + w), (cg, 9)]
+
+
+@ema_op.register_fake
+def _(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias):
+    acc = torch.promote_types(x.dtype, torch.float32)
+    return [x.new_empty(x.shape), *(x.new_empty(s, dtype=acc) for s in _saved_shapes(x, groups))]
+
+
+@torch.library.custom_op("ema_yolo::ema_backward", mutates_args=())
+def ema_backward_op(
+    grad_out: torch.Tensor, x: torch.Tensor, xhat: torch.Tensor, gates: torch.Tensor, sig: torch.Tensor,
+    s1: torch.Tensor, s2: torch.Tensor, rstd: torch.Tensor, taps: torch.Tensor, pooled: torch.Tensor,
+    kernel: torch.Tensor, gn_weight: torch.Tensor, gn_bias: torch.Tensor, conv1x1_weight: torch.Tensor,
+    conv3x3_weight: torch.Tensor, conv3x3_bias: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EMA's backward: gradients of x (x's shape, computing dtype) and of the six parameters (flat, computing dtype)."""
+    with _autocast_off(grad_out.device.type):
+        acc = xhat.dtype
+        n, cg, h, w = xhat.shape
+        z = x.to(acc).reshape(n, cg, h, w).contiguous()
+        params = (gn_weight, gn_bias, conv1x1_weight.reshape(cg, cg), conv3x3_weight, conv3x3_bias)
+        grads = _backward(grad_out, z, xhat, gates, sig, s1, s2, rstd, taps, pooled, kernel, *(p.to(acc) for p in params))
+    return grads[0].view(x.shape), *grads[1:]
+
+
+@ema_backward_op.register_fake
+def _(grad_out, x, xhat, gates, sig, s1, s2, rstd, taps, pooled, kernel, gn_weight, gn_bias, conv1x1_weight, *_):
+    cg = xhat.shape[1]
+    sizes = [cg, cg, cg * cg, cg, cg * cg * 9, cg]
+    return xhat.new_empty(x.shape), *(xhat.new_empty(s) for s in sizes)
+
+
+def _setup_context(ctx, inputs, output):
+    x, groups, _, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias = inputs
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.save_for_backward(x, *output[1:], gn_weight, gn_bias, conv1x1_weight, conv3x3_weight, conv3x3_bias)
+    ctx.param_meta = [(p.shape, p.dtype) for p in (gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias)]
+    ctx.x_dtype = x.dtype
+
+
+def _backward_rule(ctx, output_grads):
+    grads = ema_backward_op(output_grads[0], *ctx.saved_tensors)  # the saved tensors' grads are None
+    return (
+        grads[0].to(ctx.x_dtype), None, None,
+        *(g.view(shape).to(dtype) for g, (shape, dtype) in zip(grads[1:], ctx.param_meta)),
+    )
+
+
+ema_op.register_autograd(_backward_rule, setup_context=_setup_context)
+
+
+def ema(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias):
+    """EMA of `x` (B, C, H, W) through the `ema_yolo::ema` operator (differentiable once); returns the output."""
+    return ema_op(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias)[0]
+
+
+def _backward(grad_out, z, xhat, gates, sig, s1, s2, rstd, taps, pooled, kernel, gn_w, gn_b, w1, w3, b3):
+    """EMA's backward, written out (derivation in comments). Reads the saved tensors, never writes them."""
     n, cg, h, w = z.shape
     gate_h, gate_w = gates[..., :h], gates[..., h:]
     hw = h * w
     go = grad_out.to(z.dtype).reshape(n, cg, h, w)
 
     # out = z * sigmoid(m): dm = sum_k go * z * sig'(m); the direct term go * sig starts dz.
-    buf = torch.mul(go, z, out=torch.empty_like(z))  # the backward's only full-size allocation (contiguous)
+    buf = torch.mul(go, z, out=torch.empty_like(z))  # the first of the backward's two full-size buffers
     dm = torch.ops.aten.sigmoid_backward(buf.sum(1), sig)  # (n, h, w)
     d_sum = dm.sum((1, 2))  # (n,)
 
@@ -180,8 +233,8 @@ def _backward(ctx, grad_out):
     d_s2 = gn_w * xhat_dm + gn_b * d_sum.unsqueeze(1)
     d_gn_w, d_gn_b = (s2 * xhat_dm).sum(0), (s2 * d_sum.unsqueeze(1)).sum(0)
     a = (gn_w * rstd * s2).view(n, cg, 1, 1)
-    # dt = a (dm - mean(dm) - xhat mean(dm xhat)), written over xhat
-    dt = torch.addcmul(a * (d_sum / -hw).view(n, 1, 1, 1), xhat, a * (xhat_dm / -hw).view(n, cg, 1, 1), out=xhat)
+    # dt = a (dm - mean(dm) - xhat mean(dm xhat)), the backward's second full-size buffer
+    dt = torch.addcmul(a * (d_sum / -hw).view(n, 1, 1, 1), xhat, a * (xhat_dm / -hw).view(n, cg, 1, 1))
     dt.addcmul_(a, dm.unsqueeze(1))
 
     # t = z * g_h * g_w
@@ -226,4 +279,4 @@ def _backward(ctx, grad_out):
     dz.add_(d_h.unsqueeze(-1)).add_(d_w.unsqueeze(-2))
     for (i, j), (ty, tx) in zip(((-1, -1), (-1, 0), (0, -1), (0, 0)), ((0, 0), (0, 2), (2, 0), (2, 2))):
         dz[..., i, j] += d_taps[..., ty, tx]
-    return dz, d_gn_w, d_gn_b, d_w1, d_b1, d_w3, d_b3
+    return dz, d_gn_w, d_gn_b, d_w1.reshape(-1), d_b1, d_w3.reshape(-1), d_b3

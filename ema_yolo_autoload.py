@@ -2,12 +2,14 @@
 
 Ultralytics has no plugin hook and builds models by looking names up in that module's globals, so the names must be
 there before the first model is parsed: by the stock `yolo` command, the Python API, or a multi-GPU worker that
-starts a fresh interpreter. This module stays import-light: it runs at every interpreter start (through the .pth file).
+starts a fresh interpreter. The installed `ema_yolo_autoload.pth` imports this top-level module at every interpreter
+start, so it imports nothing (not `ema_yolo`, not `importlib.abc`, whose import chain alone costs ~30 ms): the finder
+and loader below follow the `sys.meta_path` protocol (PEP 451) by duck typing. `import ema_yolo` installs it too.
 """
 
-import importlib.abc
 import sys
-import warnings
+
+__all__ = ("install_import_hook",)
 
 TARGET = "ultralytics.nn.tasks"
 
@@ -15,14 +17,16 @@ TARGET = "ultralytics.nn.tasks"
 def _register_safely():
     """Register, but never let a failure here break `import ultralytics`."""
     try:
-        from .ultralytics import register
+        from ema_yolo.integration.ultralytics import register
 
         register()
     except Exception as e:  # noqa: BLE001 - reported, and the user's Ultralytics keeps working
+        import warnings
+
         warnings.warn(f"ema-yolo could not register its layers with Ultralytics: {e}", stacklevel=2)
 
 
-class _RegisteringLoader(importlib.abc.Loader):
+class _RegisteringLoader:
     """Wrap the real loader of `ultralytics.nn.tasks` and register once the module has executed."""
 
     def __init__(self, loader):
@@ -39,7 +43,7 @@ class _RegisteringLoader(importlib.abc.Loader):
         return getattr(self.loader, name)
 
 
-class _TasksFinder(importlib.abc.MetaPathFinder):
+class _TasksFinder:
     """Find `ultralytics.nn.tasks` with the other finders and hand back its spec with a registering loader."""
 
     def find_spec(self, fullname, path, target=None):
@@ -55,6 +59,9 @@ class _TasksFinder(importlib.abc.MetaPathFinder):
                 return spec
         return None
 
+    def invalidate_caches(self):
+        """Nothing cached (`importlib.invalidate_caches` calls this on every finder that has it)."""
+
 
 def install_import_hook():
     """Register now if Ultralytics' model parser is loaded, else once it is (idempotent)."""
@@ -62,3 +69,6 @@ def install_import_hook():
         _register_safely()
     elif not any(isinstance(f, _TasksFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _TasksFinder())
+
+
+install_import_hook()
