@@ -7,6 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..models import ModelError, open_model
 from .protocols import EvalError, evaluate, load_ground_truth
 from .results import read_visdrone_results, save_results
 
@@ -26,15 +27,14 @@ def _ultralytics_logs_to_stderr():
 
 
 def model_predictions(model, data, protocol="coco", imgsz=640, split="val", device=None, batch=16):
-    """Run `model` over the split with Ultralytics' validator and return its `save_json` predictions."""
-    from ultralytics import YOLO
-
+    """Run `model` over the split with Ultralytics' validator and return its `save_json` predictions ([] for none)."""
     with tempfile.TemporaryDirectory() as tmp, _ultralytics_logs_to_stderr():
-        YOLO(model).val(
+        open_model(model).val(
             data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, save_json=True, plots=False,
             conf=0.001, max_det=500 if protocol == "visdrone" else 300, project=tmp, name="val", verbose=False,
         )
-        return json.loads((Path(tmp) / "val" / "predictions.json").read_text())
+        saved = Path(tmp) / "val" / "predictions.json"
+        return json.loads(saved.read_text()) if saved.is_file() else []  # Ultralytics writes none for no detection
 
 
 def format_metric(value):
@@ -83,7 +83,7 @@ def main(argv=None):
             predictions = model_predictions(args.model, args.data, args.protocol, args.imgsz, args.split, args.device)
         metrics = evaluate(gt, predictions, args.protocol, args.predictions or args.visdrone_results or args.model)
         saved = save_results(gt, predictions, args.data, args.split, args.save_visdrone, args.save_coco)
-    except EvalError as e:
+    except (EvalError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_table(metrics, args.protocol), file=sys.stderr if args.json == "-" else sys.stdout)

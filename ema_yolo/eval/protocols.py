@@ -112,8 +112,6 @@ def load_ground_truth(data_yaml, split="val"):
 
 
 def _check_predictions(predictions, gt, source):
-    if not predictions:
-        raise EvalError(f"{source}: no detections to evaluate")
     image_ids = {im["id"] for im in gt.coco["images"]}
     unknown = sorted({p.get("image_id") for p in predictions} - image_ids, key=str)
     if unknown:
@@ -203,7 +201,7 @@ def evaluate(gt, predictions, protocol="coco", source="predictions"):
         api.createIndex()
         if predictions:
             results = api.loadRes(predictions)
-        else:  # every detection fell in ignored regions; loadRes cannot take none, COCOeval can
+        else:  # no detection (none made, or all in ignored regions): loadRes cannot take none, COCOeval can
             results = COCO()
             results.dataset = {"images": coco_dict["images"], "categories": coco_dict["categories"], "annotations": []}
             results.createIndex()

@@ -111,8 +111,10 @@ class TransferReport:
     Attributes:
         tensors (tuple[int, int]): Floating tensors of the checkpoint that landed unchanged, and their total.
         values (tuple[int, int]): The same in values (elements).
-        new_layers (list[tuple[int, str]]): Target layers that start from their own initialisation: (index, type).
-        dropped_layers (list[tuple[int, str]]): Checkpoint layers with no counterpart in the target: (index, type).
+        new_layers (list[tuple[int, str]]): Target layers with tensors that start from their own initialisation:
+            (index, type).
+        dropped_layers (list[tuple[int, str]]): Checkpoint layers with tensors and no counterpart in the target.
+        body_share (float): Share of the checkpoint's values outside its last layer (the head) that landed.
     """
 
     def __init__(self, src_model, dst_model, mapping, src_state):
@@ -134,8 +136,12 @@ class TransferReport:
         self.tensors, self.values = (landed, total), (landed_values, total_values)
         self.body_share = body_landed / max(body_values, 1)
         mapped = set(mapping.values())
-        self.new_layers = [(j, layer.type.rsplit(".", 1)[-1]) for j, layer in enumerate(dst_model.model) if j not in mapped]
-        self.dropped_layers = [(i, layer.type.rsplit(".", 1)[-1]) for i, layer in enumerate(src_model.model) if i not in mapping]
+
+        def weighted(layers, done):  # layers with tensors only: an unmatched Concat or Upsample has nothing to load
+            return [(k, m.type.rsplit(".", 1)[-1]) for k, m in enumerate(layers) if k not in done and m.state_dict()]
+
+        self.new_layers = weighted(dst_model.model, mapped)
+        self.dropped_layers = weighted(src_model.model, mapping)
 
     def __str__(self):
         def layers(entries):

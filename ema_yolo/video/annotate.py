@@ -19,6 +19,8 @@ from pathlib import Path
 
 import cv2
 
+from ..models import open_model
+
 __all__ = ("VideoError", "annotate_video", "open_source")
 
 _DONE = object()
@@ -109,6 +111,7 @@ def annotate_video(model, source, output, imgsz=640, conf=0.25, iou=0.7, device=
 
     Raises:
         VideoError: For a missing, unreadable or undecodable source, or no usable writer; nothing is left behind.
+        ema_yolo.models.ModelError: For a missing or unloadable model.
     """
     from ultralytics import YOLO
     from ultralytics.utils import TQDM
@@ -120,7 +123,7 @@ def annotate_video(model, source, output, imgsz=640, conf=0.25, iou=0.7, device=
             import lap  # noqa: F401 - Ultralytics' trackers need it; it would try to pip-install it otherwise
         except ImportError:
             raise VideoError("--track needs the 'lap' package: pip install 'ema-yolo[track]'") from None
-    net = model if isinstance(model, YOLO) else YOLO(str(model))
+    net = model if isinstance(model, YOLO) else open_model(model)
     if track or Path(str(getattr(net, "model_name", "") or "")).suffix not in {"", ".pt", ".yaml", ".yml"}:
         batch = 1  # trackers are sequential; exported models usually have a fixed batch of 1
     cap, first = open_source(source)

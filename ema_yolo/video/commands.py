@@ -4,6 +4,7 @@ import argparse
 import json
 import sys
 
+from ..models import ModelError
 from .annotate import VideoError, annotate_video
 
 
@@ -30,7 +31,7 @@ def main(argv=None):
             args.model, args.source, args.output, args.imgsz, args.conf, args.iou, args.device, args.classes,
             args.vid_stride, args.track, args.tracker, args.save_detections, args.show, args.batch,
         )
-    except VideoError as e:
+    except (VideoError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(summary))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..models import ModelError, open_model
+
 __all__ = ("VizError", "explain_image", "main", "write_attention")
 
 
@@ -49,18 +51,13 @@ def _read_images(source):
 
 def _load_models(specs):
     """[(name, YOLO)] for checkpoints or YAMLs; a run's best.pt/last.pt is named after its run folder."""
-    from ultralytics import YOLO
-
     models, names = [], []
     for spec in specs:
         path = Path(spec)
-        if path.suffix == ".pt" and not path.is_file():  # bare YAML names resolve from the packaged cfg/
-            raise VizError(f"{spec}: no such model file")
         try:
-            model = YOLO(spec)
-        except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: say which and why, in one line
-            reason = (str(e).splitlines() or [""])[0]
-            raise VizError(f"{spec}: cannot load model ({type(e).__name__}: {reason})") from None
+            model = open_model(spec)
+        except ModelError as e:
+            raise VizError(str(e)) from None
         if model.task == "classify":
             raise VizError(f"{spec}: a classification model; attention pictures need a detection-style head")
         name = path.parent.parent.name if path.stem in {"best", "last"} and path.parent.name == "weights" else path.stem
