@@ -167,6 +167,11 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     (tmp_path / "p.json").write_text("[]")
     assert cli(["eval", "--data", str(data), "--predictions", str(tmp_path / "p.json")]) == 0
     capsys.readouterr()
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    for model, reason in (("missing.pt", "no such model file"), (str(tmp_path / "broken.pt"), "cannot load model")):
+        assert cli(["eval", "--data", str(data), "--model", model]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {model}: {reason}")
     for f in (tmp_path / "val" / "labels").iterdir():
         f.unlink()
     assert cli(["eval", "--data", str(data), "--predictions", str(tmp_path / "p.json")]) == 1
