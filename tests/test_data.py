@@ -188,6 +188,9 @@ def test_synth_is_deterministic(tmp_path):
         assert files_a
         for f in files_a:
             assert f.read_bytes() == (tmp_path / f"{fmt}_b" / f.relative_to(tmp_path / f"{fmt}_a")).read_bytes()
+    before = sorted((tmp_path / "yolo_a").rglob("*"))
+    assert cli(["synth", "yolo", str(tmp_path / "yolo_a"), "--images", "5"]) == 1  # never mixed into an existing set
+    assert sorted((tmp_path / "yolo_a").rglob("*")) == before
 
 
 @pytest.mark.parametrize("fmt", ["visdrone", "coco"])

@@ -47,8 +47,13 @@ def synth_main(argv=None):
     parser.add_argument("--images", type=int, default=32, help="number of images (YOLO layouts: training images)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from pathlib import Path
+
     from . import synth
 
+    if Path(args.dst).exists() and any(Path(args.dst).iterdir()):  # never mix a new set into an old one
+        print(f"error: {args.dst}: already exists and is not empty", file=sys.stderr)
+        return 1
     if args.format == "visdrone":
         synth.make_visdrone_raw(args.dst, args.images, args.seed)
     elif args.format == "coco":
