@@ -145,10 +145,7 @@ def _drop_in_ignored(gt, predictions):
     sizes = {im["id"]: (im["width"], im["height"]) for im in gt.coco["images"]}
     keep_ann, keep_pred = [], []
     for items, keep in ((gt.coco["annotations"], keep_ann), (predictions, keep_pred)):
-        by_image = {}
-        for item in items:
-            by_image.setdefault(item["image_id"], []).append(item)
-        for image_id, group in by_image.items():
+        for image_id, group in by_image(items).items():
             regions = gt.ignored.get(image_id)
             if not regions:
                 keep += group
@@ -158,11 +155,21 @@ def _drop_in_ignored(gt, predictions):
     return {**gt.coco, "annotations": keep_ann}, keep_pred
 
 
+def by_image(items):
+    """`image_id` -> that image's items (annotations or detections), in their order."""
+    groups = {}
+    for item in items:
+        groups.setdefault(item["image_id"], []).append(item)
+    return groups
+
+
+def top_per_image(predictions, max_det):
+    """`image_id` -> that image's `max_det` highest-scoring detections, highest first."""
+    return {i: sorted(group, key=lambda d: -d["score"])[:max_det] for i, group in by_image(predictions).items()}
+
+
 def _cap_per_image(predictions, max_det):
-    by_image = {}
-    for p in predictions:
-        by_image.setdefault(p["image_id"], []).append(p)
-    return [p for group in by_image.values() for p in sorted(group, key=lambda d: -d["score"])[:max_det]]
+    return [p for group in top_per_image(predictions, max_det).values() for p in group]
 
 
 def evaluate(gt, predictions, protocol="coco", source="predictions"):

@@ -19,19 +19,12 @@ from pathlib import Path
 from ..data.coco import COCO_IDS_FILE
 from ..data.output import atomic_dir
 from ..data.visdrone import NAMES as VISDRONE_NAMES
-from .protocols import EvalError
+from .protocols import EvalError, top_per_image
 
 __all__ = ("VISDRONE_MAX_DET", "coco_original_ids", "read_visdrone_results", "save_results", "write_coco_results",
            "write_visdrone_results")
 
 VISDRONE_MAX_DET = 500  # the toolkit scores at most 500 detections per image
-
-
-def _by_image(predictions):
-    groups = {}
-    for p in predictions:
-        groups.setdefault(p["image_id"], []).append(p)
-    return groups
 
 
 def _check_visdrone_classes(gt):
@@ -64,10 +57,10 @@ def write_visdrone_results(folder, gt, predictions):
     folder = Path(folder)
     if folder.exists() and not _is_result_folder(folder):
         raise EvalError(f"{folder}: exists and is not a folder of VisDrone result files; not replacing it")
-    groups, written = _by_image(predictions), 0
+    groups, written = top_per_image(predictions, VISDRONE_MAX_DET), 0
     with atomic_dir(folder, overwrite=True) as tmp:
         for image in gt.coco["images"]:
-            kept = sorted(groups.get(image["id"], []), key=lambda p: -p["score"])[:VISDRONE_MAX_DET]
+            kept = groups.get(image["id"], [])
             lines = []
             for p in kept:
                 category = gt.category_ids.index(p["category_id"]) + 1
