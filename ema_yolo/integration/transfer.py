@@ -121,9 +121,7 @@ class TransferReport:
         dst_state = dst_model.state_dict()
         landed = total = landed_values = total_values = body_values = body_landed = 0
         head = len(src_model.model) - 1
-        for key, value in src_state.items():
-            if not value.is_floating_point():
-                continue
+        for key, value in src_state.items():  # floating tensors only (the caller leaves out BatchNorm step counts)
             prefix, index, rest = key.split(".", 2) if key.count(".") >= 2 else (key, "-1", "")
             index = int(index) if prefix == "model" and index.isdigit() else -1
             target = f"model.{mapping[index]}.{rest}" if index in mapping else None if index >= 0 else key
