@@ -6,6 +6,7 @@ guards against ended in "double free or corruption"), which fails the test inste
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from ema_yolo.nn import EMA, EMAReference
-from ema_yolo.nn.ema_function import ema_backward_op, ema_op
+from ema_yolo.nn.ema_function import VERSION, ema_backward_op, ema_op
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,6 +96,19 @@ def test_yolo_train_compile_true(tiny_dataset, tmp_path):
     )
     ckpt = torch.load(tmp_path / "c" / "weights" / "last.pt", weights_only=False)
     assert sum(isinstance(m, EMA) for m in ckpt["model"].modules()) == 2
+
+
+def test_operator_names_follow_the_source(tmp_path):
+    # The compile caches know custom operators by name only (pytorch/pytorch#160472): a warm cache from another
+    # version of the operators must not be replayed, so any edit of their file gives them new names.
+    copy = tmp_path / "ema_yolo"
+    shutil.copytree(ROOT / "ema_yolo", copy)
+    script = "import torch, ema_yolo.nn; print(sorted(n for n in dir(torch.ops.ema_yolo) if n.startswith('ema')))"
+    names = [_run([sys.executable, "-c", script], tmp_path)]
+    with open(copy / "nn" / "ema_function.py", "a") as f:
+        f.write("\n# an edit\n")
+    names.append(_run([sys.executable, "-c", script], tmp_path))
+    assert names[0].strip() == str(sorted([f"ema_{VERSION}", f"ema_backward_{VERSION}"])) != names[1].strip()
 
 
 def _op_args(dtype=torch.float32, channels_last=False):

@@ -48,6 +48,29 @@ def test_matches_reference_forward_and_backward(shape, factor):
         assert torch.allclose(b, a, atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize("chunk_samples,dtype", [(1, torch.float64), (3, torch.float64), (3, torch.bfloat16)])
+def test_chunked_operator_matches_reference(monkeypatch, chunk_samples, dtype):
+    # On CPU the operator works in cache-sized chunks of group-samples; chunks of one sample and an uneven last
+    # chunk (2 x 16 = 32 samples in chunks of 3) must give the reference's output and every gradient.
+    from ema_yolo.nn import ema_function
+
+    ref, fast = _pair(64, 16)
+    x = torch.randn(2, 64, 7, 5, dtype=torch.float64)
+    monkeypatch.setattr(ema_function, "CHUNK_BYTES", chunk_samples * 4 * 7 * 5 * 8)
+    assert len(ema_function._chunks(32, 4 * 7 * 5 * 8, x.device)) == -(-32 // chunk_samples)
+    xin = x.to(dtype).requires_grad_()
+    y_fast = fast.to(dtype)(xin)
+    y_ref = ref(xin.detach().double().requires_grad_())
+    tol = 1e-9 if dtype == torch.float64 else 2e-2
+    assert y_fast.dtype == dtype and torch.allclose(y_fast.double(), y_ref, atol=tol, rtol=0)
+    grad_out = torch.randn_like(y_ref)
+    g_fast = torch.autograd.grad(y_fast, [xin, *fast.parameters()], grad_out.to(dtype))
+    g_ref = torch.autograd.grad(y_ref, list(ref.parameters()), grad_out)
+    (gx_ref,) = torch.autograd.grad(ref(x.requires_grad_()), x, grad_out)
+    for a, b in zip((gx_ref, *g_ref), g_fast):
+        assert torch.allclose(b.double(), a, atol=tol * max(1.0, a.abs().max().item()), rtol=0)
+
+
 @pytest.mark.parametrize("x_grad,param_grad", [(True, False), (False, True)])
 def test_partial_gradients(x_grad, param_grad):
     ref, fast = _pair(64, 16)

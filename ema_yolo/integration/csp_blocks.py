@@ -94,20 +94,23 @@ def _check(parse_model):
                 "backbone": [[-1, 1, "Conv", [64, 3, 2]], [-1, 4, block, [512, False]]]}  # fmt: skip
 
     try:
-        stock = parse_model(rows("C3k2"), ch=3, verbose=False)[0][1]
-        built = C3k2EMA.from_stock(parse_model(_as_stock(rows("C3k2EMA"), {1: C3k2EMA}), ch=3, verbose=False)[0][1])
-        shapes = [(k, v.shape) for k, v in built.state_dict().items() if ".attn." not in k]
-        bottlenecks = sum(type(m) is Bottleneck for m in stock.modules())
-        attended = sum(isinstance(m, AttnBottleneck) for m in built.modules())
-        plain, extended = Bottleneck(32, 32).eval(), AttnBottleneck(32, 32).eval()  # multiples of 32: EMA logs nothing
-        extended.load_state_dict(plain.state_dict(), strict=False)
-        extended.attn = nn.Identity()
-        x = torch.randn(1, 32, 4, 4)
-        with torch.no_grad():
-            same = torch.allclose(plain(x), extended(x))
-        ok = shapes == [(k, v.shape) for k, v in stock.state_dict().items()] and attended == bottlenecks > 0 and same
-        reason = "the block was not built as the stock parser builds its stock parent" if same else (
-            "ultralytics' Bottleneck no longer computes cv2(cv1(x)) plus its shortcut")
+        with torch.device("cpu"):  # real tensors even when the first CSP model is built on the meta device
+            stock = parse_model(rows("C3k2"), ch=3, verbose=False)[0][1]
+            parsed = parse_model(_as_stock(rows("C3k2EMA"), {1: C3k2EMA}), ch=3, verbose=False)
+            built = C3k2EMA.from_stock(parsed[0][1])
+            shapes = [(k, v.shape) for k, v in built.state_dict().items() if ".attn." not in k]
+            bottlenecks = sum(type(m) is Bottleneck for m in stock.modules())
+            attended = sum(isinstance(m, AttnBottleneck) for m in built.modules())
+            # multiples of 32: EMA logs nothing
+            plain, extended = Bottleneck(32, 32).eval(), AttnBottleneck(32, 32).eval()
+            extended.load_state_dict(plain.state_dict(), strict=False)
+            extended.attn = nn.Identity()
+            x = torch.randn(1, 32, 4, 4)
+            with torch.no_grad():
+                same = torch.allclose(plain(x), extended(x))
+            ok = shapes == [(k, v.shape) for k, v in stock.state_dict().items()] and attended == bottlenecks > 0 and same
+            reason = "the block was not built as the stock parser builds its stock parent" if same else (
+                "ultralytics' Bottleneck no longer computes cv2(cv1(x)) plus its shortcut")
     except Exception as e:  # noqa: BLE001 - any failure here means the mechanism no longer works
         ok, reason = False, f"{type(e).__name__}: {e}"
     if not ok:

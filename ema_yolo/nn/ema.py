@@ -51,8 +51,8 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
     Mathematically identical to the published module (`EMAReference`), forward and backward, with the same
     parameters (`gn`, `conv1x1`, `conv3x3`, shared by all groups), so a published state dict loads with
     `strict=True`. It is faster because it never builds what the output does not need, and it has a hand-derived
-    backward; both run as functional `torch.library` operators (`ema_yolo::ema`), so `torch.compile` keeps EMA as one
-    opaque node with no graph breaks, while exporters (`torch.jit.trace`, ONNX, `torch.export`) and FLOP counters
+    backward; both run as functional `torch.library` operators (`ema_yolo::ema_<version>`), so `torch.compile` keeps
+    EMA as one opaque node with no graph breaks, while exporters (`torch.jit.trace`, ONNX, `torch.export`) and FLOP counters
     (`torch.utils.flop_counter`) see plain ops.
     Where the savings come from:
 
@@ -62,8 +62,10 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
     - the 3x3 branch only enters as (a) its spatial mean, computed from border sums of the input, and (b) a
       softmax-weighted sum over its output channels, which is one 3x3 kernel per input channel (shared by the
       groups) applied as nine batched channel mixes added shifted: no cg -> cg convolution is ever run;
-    - the GroupNorm branch only enters as a softmax-weighted channel sum, one batched matmul over the normalised
-      input, normalised in place.
+    - the GroupNorm branch only enters as a softmax-weighted channel sum, one batched matmul over the centred
+      product with the normalisation folded into its weights;
+    - on CPU it runs in cache-sized chunks of group-samples, so the input is read from memory about once and the
+      output written once, and the backward recomputes the gate product instead of keeping it.
 
     It computes in float32 (or float64 for float64 inputs) whatever the input dtype, as autocast does for GroupNorm
     and softmax, and returns the input's dtype.

@@ -1,8 +1,9 @@
-"""EMA's forward and hand-derived backward as two `torch.library` operators, `ema_yolo::ema` and its backward.
+"""EMA's forward and hand-derived backward as two `torch.library` operators, `ema_yolo::ema_<v>` and its backward.
 
-Written for memory traffic: on CPU every fresh multi-megabyte tensor costs page faults that take longer than the
-arithmetic on it, so the forward allocates two full-size tensors (the normalised gate product, kept for backward,
-and the output) and the backward two, and the 3x3 branch's tap planes are written into buffers the operator owns. Only the equations of the published module are implemented; see `EMA` for what they are.
+Written for memory traffic. On CPU the work runs in chunks of group-samples small enough to stay in the cache
+(`CHUNK_BYTES`), so the forward reads its input from memory about once and writes one full-size tensor (the output);
+the backward recomputes the gate product from the input instead of saving it, and writes one (the input gradient).
+Only the equations of the published module are implemented; see `EMA` for what they are.
 
 Notation, per group (n = batch x groups): z (cg, h, w) is the input, g_h (cg, h) and g_w (cg, w) the sigmoid gates,
 t = z * g_h * g_w, xhat = (t - mean) * rstd the GroupNorm-normalised t, s1 = softmax(gn.bias), s2 = softmax over
@@ -12,6 +13,8 @@ the output is z * sigmoid(m).
 """
 
 import contextlib
+import hashlib
+from pathlib import Path
 
 import torch
 
@@ -74,56 +77,113 @@ def _conv_channel_sum_backward(dm, z, kernel, dz, scratch):
     return d_kernel
 
 
-def ema_forward(
-    x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias,
-    *, reuse_buffers=False,
-):
-    """EMA of `x` (B, C, H, W) with `groups` groups; returns (output, tensors the backward needs).
+# On CPU the work is done in chunks of whole group-samples (the computation never mixes them), each small enough that
+# its intermediate tensors stay in the last-level cache: the input is read from memory once, the output written once,
+# and everything between them runs at cache speed. Chosen by `ema-yolo bench roofline` (2-core EPYC, 32 MB L3): 1-8
+# MiB chunks ran within 10% of each other, 256 KiB ones paid for their per-chunk overhead.
+CHUNK_BYTES = 2**21
 
-    Computes in float32 or wider whatever the input dtype (the output has the input's dtype), like autocast does
-    for GroupNorm and softmax. `reuse_buffers` writes the tap planes into the output's memory before the output
-    (`out=` ops); exporters trace the default, plain ops.
+
+def _chunks(n, item_bytes, device):
+    """Slices of the n group-samples, each chunk at most `CHUNK_BYTES` (at least one sample); one chunk off the CPU."""
+    k = n if device.type != "cpu" else max(1, min(n, CHUNK_BYTES // item_bytes))
+    return [slice(i, min(n, i + k)) for i in range(0, n, k)]
+
+
+def _forward_chunk(z, eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel, out=None, scratch=None):
+    """EMA of group-samples z (k, cg, h, w); returns the output and the tensors the backward needs for them.
+
+    With `out` (z's shape and dtype) and `scratch` (at least z's size) the output and the intermediates are written
+    there (the eager operator); without them every tensor is allocated (exporters trace plain ops).
     """
-    b, c, h, w = x.shape  # symbolic in exports; the group counts are Python ints
-    g, cg = groups, c // groups
-    n = b * g
-    acc = torch.promote_types(x.dtype, torch.float32)
-    z = x.to(acc).reshape(n, cg, h, w).contiguous()  # contiguous whatever the input's layout: flat views below
-    gn_weight, gn_bias = gn_weight.to(acc), gn_bias.to(acc)
-    conv1x1_bias, conv3x3_bias = conv1x1_bias.to(acc), conv3x3_bias.to(acc)
-    w1, w3 = conv1x1_weight.to(acc).reshape(cg, cg), conv3x3_weight.to(acc)
+    k, cg, h, w = z.shape
+    hw = h * w
 
-    # Directional pooling and the shared 1x1 conv: gates (n, cg, h) and (n, cg, w).
+    # Directional pooling and the shared 1x1 conv: gates (k, cg, h) and (k, cg, w).
     row_sum, col_sum = z.sum(3), z.sum(2)
-    pooled = torch.cat((row_sum / w, col_sum / h), -1)  # (n, cg, h + w), as the published code concatenates them
-    gates = torch.matmul(w1, pooled).add_(conv1x1_bias.unsqueeze(-1)).sigmoid_()
+    pooled = torch.cat((row_sum / w, col_sum / h), -1)  # (k, cg, h + w), as the published code concatenates them
+    gates = torch.matmul(w1, pooled).add_(b1.unsqueeze(-1)).sigmoid_()
     gate_h, gate_w = gates[..., :h], gates[..., h:]
 
-    # GroupNorm(cg, cg) of t = z * g_h * g_w without its affine part, computed in place (two-pass variance).
-    xhat = torch.mul(z, gate_h.unsqueeze(-1)).mul_(gate_w.unsqueeze(-2))
-    xhat.sub_(xhat.mean((2, 3), keepdim=True))
-    rstd = torch.rsqrt(torch.linalg.vector_norm(xhat, dim=(2, 3)).square_() / (h * w) + eps)  # (n, cg)
-    xhat.mul_(rstd.view(n, cg, 1, 1))
+    # GroupNorm(cg, cg) of t = z * g_h * g_w: its centred values d = t - mean (two-pass variance); the normalised
+    # xhat = d * rstd is never formed, rstd is folded into the channel weights below.
+    d = torch.mul(z, gate_h.unsqueeze(-1), out=None if scratch is None else scratch.view(-1)[: z.numel()].view(z.shape))
+    d.mul_(gate_w.unsqueeze(-2))
+    mean = d.mean((2, 3))
+    d.sub_(mean.view(k, cg, 1, 1))
+    rstd = torch.rsqrt(torch.linalg.vector_norm(d, dim=(2, 3)).square_() / hw + eps)  # (k, cg)
 
     # The 3x3 branch's spatial mean from window sums of z: tap (a, b) sees every row but the last (a = 0) or the first
     # (a = 2), and likewise columns. By inclusion-exclusion: total - excluded row - excluded column + their corner.
     total, zero = row_sum.sum(2), torch.zeros_like(row_sum[..., 0])
-    row_out = torch.stack((row_sum[..., -1], zero, row_sum[..., 0]), -1)  # (n, cg, 3)
+    row_out = torch.stack((row_sum[..., -1], zero, row_sum[..., 0]), -1)  # (k, cg, 3)
     col_out = torch.stack((col_sum[..., -1], zero, col_sum[..., 0]), -1)
     corners = (z[..., -1, -1], zero, z[..., -1, 0], zero, zero, zero, z[..., 0, -1], zero, z[..., 0, 0])
-    taps = torch.stack(corners, -1).view(n, cg, 3, 3) - row_out.unsqueeze(-1) - col_out.unsqueeze(-2)
-    taps += total.view(n, cg, 1, 1)  # (n, cg, 3, 3)
-    s2 = torch.softmax(torch.mm(taps.view(n, cg * 9), w3.reshape(cg, cg * 9).t()) / (h * w) + conv3x3_bias, 1)
-    s1 = torch.softmax(gn_bias, 0)  # the spatial mean of gn(.) is exactly its bias
-    kernel = torch.einsum("k,kjyx->jyx", s1, w3).reshape(cg, 9)
+    taps = torch.stack(corners, -1).view(k, cg, 3, 3) - row_out.unsqueeze(-1) - col_out.unsqueeze(-2)
+    taps += total.view(k, cg, 1, 1)  # (k, cg, 3, 3)
+    s2 = torch.softmax(torch.mm(taps.view(k, cg * 9), w3.reshape(cg, cg * 9).t()) / hw + b3, 1)
 
     # m = s2-weighted sum of gn(t) + s1-weighted sum of conv3x3(z); the latter is one 3x3 kernel per input channel.
-    const = (s2 * gn_bias).sum(1) + (s1 * conv3x3_bias).sum()
-    m = torch.bmm((s2 * gn_weight).unsqueeze(1), xhat.view(n, cg, h * w)).view(n, h, w).add_(const.view(n, 1, 1))
-    out = torch.empty_like(z) if reuse_buffers else None  # the tap planes' scratch before it holds the output
-    sig = _add_conv_channel_sum(m, z, kernel, scratch=out).sigmoid_()
-    out = torch.mul(z, sig.unsqueeze(1), out=out) if reuse_buffers else torch.mul(z, sig.unsqueeze(1))
-    return out.view(b, c, h, w).to(x.dtype), (xhat, gates, sig, s1, s2, rstd, taps, pooled, kernel)
+    const = (s2 * gn_b).sum(1) + (s1 * b3).sum()
+    m = torch.bmm((s2 * gn_w * rstd).unsqueeze(1), d.view(k, cg, hw)).view(k, h, w).add_(const.view(k, 1, 1))
+    sig = _add_conv_channel_sum(m, z, kernel, scratch=out).sigmoid_()  # tap planes in `out` before the output
+    out = torch.mul(z, sig.unsqueeze(1), out=out)
+    return out, (mean, gates, sig, s2, rstd, taps, pooled)
+
+
+def _prepare(x, groups, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias):
+    """Group-samples z (B * G, C / G, H, W) in the computing dtype, the parameters in it, s1 and the 3x3 kernel K."""
+    b, c, h, w = x.shape  # symbolic in exports; the group counts are Python ints
+    cg = c // groups
+    acc = torch.promote_types(x.dtype, torch.float32)
+    z = x.to(acc).reshape(b * groups, cg, h, w).contiguous()  # contiguous whatever the input's layout: flat views
+    gn_w, gn_b, w1, b1, w3, b3 = (
+        p.to(acc) for p in (gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias)
+    )
+    s1 = torch.softmax(gn_b, 0)  # the spatial mean of gn(.) is exactly its bias
+    kernel = torch.einsum("k,kjyx->jyx", s1, w3).reshape(cg, 9)
+    return z, (gn_w, gn_b, w1.reshape(cg, cg), b1, w3, b3, s1, kernel)
+
+
+def ema_forward(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias):
+    """EMA of `x` (B, C, H, W) with `groups` groups, in plain ops; returns (output, tensors the backward needs).
+
+    What exporters, FLOP counters and `EMA.spatial_weights` run: one chunk, every tensor allocated. Computes in
+    float32 or wider whatever the input dtype (the output has the input's dtype), like autocast does for GroupNorm
+    and softmax.
+    """
+    z, (gn_w, gn_b, w1, b1, w3, b3, s1, kernel) = _prepare(
+        x, groups, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias
+    )
+    out, (mean, *saved) = _forward_chunk(z, eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel)
+    return out.view(x.shape).to(x.dtype), (mean, *saved, s1, kernel)
+
+
+def _saved_shapes(x, groups):
+    """Shapes of the tensors `ema_forward` saves for the backward, for input `x` (B, C, H, W), in its order."""
+    b, c, h, w = x.shape
+    n, cg = b * groups, c // groups
+    return [(n, cg), (n, cg, h + w), (n, h, w), (n, cg), (n, cg), (n, cg, 3, 3), (n, cg, h + w), (cg,), (cg, 9)]
+
+
+def _ema_forward_chunked(x, groups, eps, *params):
+    """`ema_forward` in cache-sized chunks into buffers it owns (the eager operator's kernel); same results."""
+    z, (gn_w, gn_b, w1, b1, w3, b3, s1, kernel) = _prepare(x, groups, *params)
+    n, cg, h, w = z.shape
+    out = torch.empty(z.shape, dtype=x.dtype, device=x.device)
+    slices = _chunks(n, z[0].numel() * z.element_size(), z.device)
+    scratch = z.new_empty((slices[0].stop, cg, h, w))
+    chunk_out = out if out.dtype == z.dtype else z.new_empty((slices[0].stop, cg, h, w))
+    saved = [z.new_empty(shape) for shape in _saved_shapes(x, groups)[:7]]  # all but s1 and K: per group-sample
+    for sl in slices:
+        k = sl.stop - sl.start
+        part = chunk_out[sl] if chunk_out is out else chunk_out[:k]
+        result, chunk_saved = _forward_chunk(z[sl], eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel, part, scratch)
+        if chunk_out is not out:
+            out[sl] = result
+        for full, piece in zip(saved, chunk_saved):
+            full[sl] = piece
+    return out.view(x.shape), (*saved, s1, kernel)
 
 
 def _autocast_off(device_type):
@@ -140,25 +200,23 @@ def _autocast_off(device_type):
 # (AOTAutograd, inductor) owns, donates and reuses the buffers of its graphs, saved activations included, and cannot
 # see writes hidden inside an operator; with these two contracts it needs to see none, and it keeps each operator
 # opaque: no graph breaks, no EMA kernels to generate. Shapes and strides come from the fake kernels below.
-@torch.library.custom_op("ema_yolo::ema", mutates_args=())
+# torch.compile's caches (inductor's FX graph cache, AOTAutograd's) know a custom operator by its name only, not by its
+# kernels or fake kernel (pytorch/pytorch#160472, #144344): a cache warmed by another version of this file would
+# replay code compiled for other saved tensors. So the names carry a digest of this file.
+VERSION = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
+@torch.library.custom_op(f"ema_yolo::ema_{VERSION}", mutates_args=())
 def ema_op(
     x: torch.Tensor, groups: int, eps: float, gn_weight: torch.Tensor, gn_bias: torch.Tensor,
     conv1x1_weight: torch.Tensor, conv1x1_bias: torch.Tensor, conv3x3_weight: torch.Tensor, conv3x3_bias: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """EMA's forward: [output (x's shape and dtype), then the tensors the backward needs] (see `_SAVED`)."""
+    """EMA's forward: [output (x's shape and dtype), then the tensors the backward needs] (see `_saved_shapes`)."""
     with _autocast_off(x.device.type):
-        out, saved = ema_forward(
-            x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias,
-            reuse_buffers=True,
+        out, saved = _ema_forward_chunked(
+            x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias
         )
     return [out, *saved]
-
-
-def _saved_shapes(x, groups):
-    """Shapes of the tensors `ema_forward` saves for the backward, for input `x` (B, C, H, W), in its order."""
-    b, c, h, w = x.shape
-    n, cg = b * groups, c // groups
-    return [(n, cg, h, w), (n, cg, h + w), (n, h, w), (cg,), (n, cg), (n, cg), (n, cg, 3, 3), (n, cg, h + w), (cg, 9)]
 
 
 @ema_op.register_fake
@@ -167,28 +225,29 @@ def _(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_
     return [x.new_empty(x.shape), *(x.new_empty(s, dtype=acc) for s in _saved_shapes(x, groups))]
 
 
-@torch.library.custom_op("ema_yolo::ema_backward", mutates_args=())
+@torch.library.custom_op(f"ema_yolo::ema_backward_{VERSION}", mutates_args=())
 def ema_backward_op(
-    grad_out: torch.Tensor, x: torch.Tensor, xhat: torch.Tensor, gates: torch.Tensor, sig: torch.Tensor,
-    s1: torch.Tensor, s2: torch.Tensor, rstd: torch.Tensor, taps: torch.Tensor, pooled: torch.Tensor,
+    grad_out: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, gates: torch.Tensor, sig: torch.Tensor,
+    s2: torch.Tensor, rstd: torch.Tensor, taps: torch.Tensor, pooled: torch.Tensor, s1: torch.Tensor,
     kernel: torch.Tensor, gn_weight: torch.Tensor, gn_bias: torch.Tensor, conv1x1_weight: torch.Tensor,
     conv3x3_weight: torch.Tensor, conv3x3_bias: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """EMA's backward: gradients of x (x's shape, computing dtype) and of the six parameters (flat, computing dtype)."""
     with _autocast_off(grad_out.device.type):
-        acc = xhat.dtype
-        n, cg, h, w = xhat.shape
+        acc = mean.dtype
+        (n, cg), (h, w) = mean.shape, sig.shape[1:]
         z = x.to(acc).reshape(n, cg, h, w).contiguous()
         params = (gn_weight, gn_bias, conv1x1_weight.reshape(cg, cg), conv3x3_weight, conv3x3_bias)
-        grads = _backward(grad_out, z, xhat, gates, sig, s1, s2, rstd, taps, pooled, kernel, *(p.to(acc) for p in params))
+        saved = (mean, gates, sig, s2, rstd, taps, pooled, s1, kernel)
+        grads = _backward(grad_out, z, *saved, *(p.to(acc) for p in params))
     return grads[0].view(x.shape), *grads[1:]
 
 
 @ema_backward_op.register_fake
-def _(grad_out, x, xhat, gates, sig, s1, s2, rstd, taps, pooled, kernel, gn_weight, gn_bias, conv1x1_weight, *_):
-    cg = xhat.shape[1]
+def _(grad_out, x, mean, *_):
+    cg = mean.shape[1]
     sizes = [cg, cg, cg * cg, cg, cg * cg * 9, cg]
-    return xhat.new_empty(x.shape), *(xhat.new_empty(s) for s in sizes)
+    return mean.new_empty(x.shape), *(mean.new_empty(s) for s in sizes)
 
 
 def _setup_context(ctx, inputs, output):
@@ -211,49 +270,81 @@ ema_op.register_autograd(_backward_rule, setup_context=_setup_context)
 
 
 def ema(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias):
-    """EMA of `x` (B, C, H, W) through the `ema_yolo::ema` operator (differentiable once); returns the output."""
+    """EMA of `x` (B, C, H, W) through the `ema_yolo::ema_<VERSION>` operator (differentiable once); the output."""
     return ema_op(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias)[0]
 
 
-def _backward(grad_out, z, xhat, gates, sig, s1, s2, rstd, taps, pooled, kernel, gn_w, gn_b, w1, w3, b3):
-    """EMA's backward, written out (derivation in comments). Reads the saved tensors, never writes them."""
+def _backward(grad_out, z, mean, gates, sig, s2, rstd, taps, pooled, s1, kernel, gn_w, gn_b, w1, w3, b3):
+    """EMA's backward in the forward's chunks; reads the saved tensors, never writes them. Returns (dz, param grads).
+
+    Each chunk's gradient with respect to its input is complete within the chunk; the parameters' gradients are
+    sums over group-samples, accumulated over the chunks (`_backward_chunk`), and finished here.
+    """
     n, cg, h, w = z.shape
+    go = grad_out.to(z.dtype).reshape(n, cg, h, w)
+    dz = torch.empty_like(z)
+    slices = _chunks(n, z[0].numel() * z.element_size(), z.device)
+    scratch = z.new_empty((slices[0].stop, cg, h, w))
+    sums = None
+    for sl in slices:
+        saved = (mean[sl], gates[sl], sig[sl], s2[sl], rstd[sl], taps[sl], pooled[sl])
+        part = _backward_chunk(go[sl], z[sl], *saved, s1, kernel, gn_w, gn_b, w1, w3, b3, dz[sl], scratch)
+        sums = part if sums is None else [a + b for a, b in zip(sums, part)]
+    d_gn_w, d_gn_b, d_w1, d_b1, d_kernel, d_w3, d_b3, d_sum = sums
+
+    # s1 = softmax(gn.bias) weighs the 3x3 kernel and bias: K = sum_k s1[k] conv3x3.weight[k].
+    d_kernel = d_kernel.view(cg, 3, 3)
+    d_s1 = torch.einsum("kjyx,jyx->k", w3, d_kernel) + b3 * d_sum
+    d_gn_b = d_gn_b + s1 * (d_s1 - (s1 * d_s1).sum())
+    d_w3 = d_w3 + s1.view(cg, 1, 1, 1) * d_kernel
+    d_b3 = d_b3 + s1 * d_sum
+    return dz, d_gn_w, d_gn_b, d_w1.reshape(-1), d_b1, d_w3.reshape(-1), d_b3
+
+
+def _backward_chunk(go, z, mean, gates, sig, s2, rstd, taps, pooled, s1, kernel, gn_w, gn_b, w1, w3, b3, dz, scratch):
+    """One chunk's backward: writes its input gradient into `dz`, returns its share of the parameter gradients.
+
+    Returns [d gn.weight, d gn.bias (s2 path), d conv1x1.weight, d conv1x1.bias, d K, d conv3x3.weight (s2 path),
+    d conv3x3.bias (s2 path), sum of dm]; the s1 terms need the sums over all chunks (`_backward`).
+    """
+    k, cg, h, w = z.shape
     gate_h, gate_w = gates[..., :h], gates[..., h:]
     hw = h * w
-    go = grad_out.to(z.dtype).reshape(n, cg, h, w)
 
     # out = z * sigmoid(m): dm = sum_k go * z * sig'(m); the direct term go * sig starts dz.
-    buf = torch.mul(go, z, out=torch.empty_like(z))  # the first of the backward's two full-size buffers
-    dm = torch.ops.aten.sigmoid_backward(buf.sum(1), sig)  # (n, h, w)
-    d_sum = dm.sum((1, 2))  # (n,)
+    buf = torch.mul(go, z, out=dz)  # dz's memory is the first buffer
+    dm = torch.ops.aten.sigmoid_backward(buf.sum(1), sig)  # (k, h, w)
+    d_sum = dm.sum((1, 2))  # (k,)
 
-    # GroupNorm branch, m += sum_k s2[k] (gamma[k] xhat[k] + beta[k]): GroupNorm's backward with dy[k] = s2[k] dm.
-    # sum_p dm * xhat[k]; batched matrix-vector products run several times faster with the vector on the left
-    xhat_dm = torch.bmm(dm.view(n, 1, hw), xhat.view(n, cg, hw).transpose(1, 2)).view(n, cg)
+    # The centred product d = t - mean, recomputed into the scratch (the forward kept only its statistics).
+    d = torch.mul(z, gate_h.unsqueeze(-1), out=scratch.view(-1)[: z.numel()].view(z.shape))
+    d.mul_(gate_w.unsqueeze(-2)).sub_(mean.view(k, cg, 1, 1))
+
+    # GroupNorm branch, m += sum_k s2[k] (gamma[k] xhat[k] + beta[k]) with xhat = d * rstd: GroupNorm's backward with
+    # dy[k] = s2[k] dm. sum_p dm * xhat[k]; batched matrix-vector products run several times faster with the vector on
+    # the left.
+    xhat_dm = torch.bmm(dm.view(k, 1, hw), d.view(k, cg, hw).transpose(1, 2)).view(k, cg) * rstd
     d_s2 = gn_w * xhat_dm + gn_b * d_sum.unsqueeze(1)
     d_gn_w, d_gn_b = (s2 * xhat_dm).sum(0), (s2 * d_sum.unsqueeze(1)).sum(0)
-    a = (gn_w * rstd * s2).view(n, cg, 1, 1)
-    # dt = a (dm - mean(dm) - xhat mean(dm xhat)), the backward's second full-size buffer
-    dt = torch.addcmul(a * (d_sum / -hw).view(n, 1, 1, 1), xhat, a * (xhat_dm / -hw).view(n, cg, 1, 1))
+    a = (gn_w * rstd * s2).view(k, cg, 1, 1)
+    # dt = a (dm - mean(dm) - xhat mean(dm xhat)), written over d
+    dt = torch.addcmul(a * (d_sum / -hw).view(k, 1, 1, 1), d, a * (rstd * xhat_dm / -hw).view(k, cg, 1, 1), out=d)
     dt.addcmul_(a, dm.unsqueeze(1))
 
     # t = z * g_h * g_w
     prod = torch.mul(dt, z, out=buf)
-    d_gates = torch.cat(  # (n, cg, h + w)
+    d_gates = torch.cat(  # (k, cg, h + w)
         (
             torch.matmul(gate_w.unsqueeze(-2), prod.transpose(-1, -2)).squeeze(-2),
             torch.matmul(gate_h.unsqueeze(-2), prod).squeeze(-2),
         ),
         -1,
     )
-    dz = torch.mul(go, sig.unsqueeze(1), out=buf)
+    torch.mul(go, sig.unsqueeze(1), out=dz)
     dz.addcmul_(dt.mul_(gate_h.unsqueeze(-1)), gate_w.unsqueeze(-2))
 
-    # 3x3 branch, m += sum_k K[k] (*) z[k] with K = sum_k s1[k] conv3x3.weight[k]; dt's memory is free scratch now.
-    d_kernel = _conv_channel_sum_backward(dm, z, kernel, dz, scratch=dt).view(cg, 3, 3)
-    d_s1 = torch.einsum("kjyx,jyx->k", w3, d_kernel) + b3 * d_sum.sum()
-    d_w3 = s1.view(cg, 1, 1, 1) * d_kernel
-    d_b3 = s1 * d_sum.sum()
+    # 3x3 branch, m += sum_k K[k] (*) z[k]; dt's memory is free scratch now.
+    d_kernel = _conv_channel_sum_backward(dm, z, kernel, dz, scratch=dt)
 
     # Gates: g = sigmoid(conv1x1(pooled)), the same 1x1 conv for both directions.
     d_act = torch.ops.aten.sigmoid_backward(d_gates, gates)
@@ -261,16 +352,14 @@ def _backward(grad_out, z, xhat, gates, sig, s1, s2, rstd, taps, pooled, kernel,
     d_b1 = d_act.sum((0, 2))
     d_pooled = torch.matmul(w1.t(), d_act)
 
-    # Softmaxes: s2 over the 3x3 branch's spatial mean, s1 over gn.bias.
-    d_mean = s2 * (d_s2 - (s2 * d_s2).sum(1, keepdim=True))  # (n, cg)
-    d_b3 = d_b3 + d_mean.sum(0)
-    d_w3 = d_w3 + torch.einsum("nk,njyx->kjyx", d_mean, taps) / hw
-    d_taps = torch.einsum("nk,kjyx->njyx", d_mean, w3) / hw  # (n, cg, 3, 3)
-    d_gn_b = d_gn_b + s1 * (d_s1 - (s1 * d_s1).sum())
+    # s2 = softmax over the 3x3 branch's spatial mean.
+    d_mean = s2 * (d_s2 - (s2 * d_s2).sum(1, keepdim=True))  # (k, cg)
+    d_w3 = torch.einsum("nk,njyx->kjyx", d_mean, taps) / hw
+    d_taps = torch.einsum("nk,kjyx->njyx", d_mean, w3) / hw  # (k, cg, 3, 3)
 
     # Pooling and window sums are linear in z: dz[i, j] += d_h[i] + d_w[j] per channel, plus the four corners.
     # Window sums, by the forward's inclusion-exclusion: every tap reads the total, less a border row and column.
-    d_h, d_w = d_pooled[..., :h].div_(w), d_pooled[..., h:].div_(h)  # (n, cg, h), (n, cg, w), views
+    d_h, d_w = d_pooled[..., :h].div_(w), d_pooled[..., h:].div_(h)  # (k, cg, h), (k, cg, w), views
     d_h += d_taps.sum((2, 3)).unsqueeze(-1)
     d_h[..., -1] -= d_taps[:, :, 0].sum(-1)
     d_h[..., 0] -= d_taps[:, :, 2].sum(-1)
@@ -279,4 +368,4 @@ def _backward(grad_out, z, xhat, gates, sig, s1, s2, rstd, taps, pooled, kernel,
     dz.add_(d_h.unsqueeze(-1)).add_(d_w.unsqueeze(-2))
     for (i, j), (ty, tx) in zip(((-1, -1), (-1, 0), (0, -1), (0, 0)), ((0, 0), (0, 2), (2, 0), (2, 2))):
         dz[..., i, j] += d_taps[..., ty, tx]
-    return dz, d_gn_w, d_gn_b, d_w1.reshape(-1), d_b1, d_w3.reshape(-1), d_b3
+    return [d_gn_w, d_gn_b, d_w1, d_b1, d_kernel, d_w3, d_mean.sum(0), d_sum.sum()]
