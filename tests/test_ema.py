@@ -71,6 +71,55 @@ def test_chunked_operator_matches_reference(monkeypatch, chunk_samples, dtype):
         assert torch.allclose(b.double(), a, atol=tol * max(1.0, a.abs().max().item()), rtol=0)
 
 
+def test_device_rule_times_both_paths_where_nothing_was_measured(monkeypatch, caplog):
+    # Off the measured devices the first call per (device, dtype, shape, backward) times the operator against the
+    # published structure and runs the faster; made to happen on CPU here by emptying the measured table, with the
+    # published structure made slower in one case and the operator in the other.
+    import time
+
+    from ema_yolo.nn import ema_path
+
+    ref, fast = _pair(64, 16)
+    calls = []
+
+    def slowed(fn, name):
+        def wrapper(*args):
+            calls.append(name)
+            if slow == name:
+                time.sleep(0.02)
+            return fn(*args)
+
+        return wrapper
+
+    monkeypatch.setattr(ema_path, "MEASURED", {})
+    monkeypatch.setattr(ema_path, "_chosen", {})
+    monkeypatch.setattr(fast, "_published", slowed(fast._published, "published"))
+    monkeypatch.setattr(fast, "_operator", slowed(fast._operator, "operator"))
+    x = torch.randn(2, 64, 6, 5, dtype=torch.float64, requires_grad=True)
+    for slow, expected in (("published", "operator"), ("operator", "published")):
+        ema_path._chosen.clear()
+        with caplog.at_level(logging.INFO, logger="ema_yolo"):
+            y = fast(x)
+        assert "with backward: operator" in caplog.text and caplog.text.rstrip().endswith(expected)
+        calls.clear()
+        y = fast(x)  # chosen once per key: no more timing
+        assert calls == [expected] and torch.allclose(y, ref(x), atol=1e-9)
+        (g,) = torch.autograd.grad(y.sum(), x)
+        assert torch.allclose(g, torch.autograd.grad(ref(x).sum(), x)[0], atol=1e-9)
+        caplog.clear()
+    with torch.no_grad():
+        fast(x)  # a new key: inference is timed on its own
+    assert len(ema_path._chosen) == 2 and all(p.grad is None for p in fast.parameters())
+    torch.use_deterministic_algorithms(True)
+    try:
+        ema_path._chosen.clear()
+        calls.clear()
+        fast(x)
+        assert calls == ["operator"] and not ema_path._chosen
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 @pytest.mark.parametrize("x_grad,param_grad", [(True, False), (False, True)])
 def test_partial_gradients(x_grad, param_grad):
     ref, fast = _pair(64, 16)

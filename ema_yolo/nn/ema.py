@@ -11,6 +11,8 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .ema_export import ema_export_forward
 from .ema_function import ema, ema_forward
+from .ema_path import choose_path
+from .ema_reference import published_ema
 from .graph_args import GraphArgsMeta
 
 __all__ = ("EMA", "ema_groups")
@@ -70,6 +72,9 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
     It computes in float32 (or float64 for float64 inputs) whatever the input dtype, as autocast does for GroupNorm
     and softmax, and returns the input's dtype.
 
+    Device rule (`ema_path`): the operator on CPU, where it was measured faster; on other devices the first call per
+    input shape times the operator against the published structure (`published_ema`) and runs the faster one.
+
     Group rule: EMA uses G = `factor` groups when `factor` divides `channels`; otherwise (including `channels <
     factor`) it uses the largest divisor of `channels` that is <= `factor` and logs that once. It never asserts.
 
@@ -112,7 +117,15 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
             return ema_export_forward(x, self.groups, self.gn, self.conv1x1, self.conv3x3)
         if torch.jit.is_tracing() or torch.compiler.is_exporting() or _observed():
             return ema_forward(x, self.groups, self.gn.eps, *self._params())[0]  # exporters, op observers: plain ops
+        if torch.compiler.is_compiling() or choose_path(self, x) == "operator":
+            return self._operator(x)
+        return self._published(x)
+
+    def _operator(self, x):
         return ema(x, self.groups, self.gn.eps, *self._params())
+
+    def _published(self, x):
+        return published_ema(x, self.groups, self.gn, self.conv1x1, self.conv3x3)
 
     def _params(self):
         gn, conv1x1, conv3x3 = self.gn, self.conv1x1, self.conv3x3

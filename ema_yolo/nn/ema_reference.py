@@ -1,9 +1,40 @@
-"""Paper-faithful EMA with the published operator structure: the tests' oracle and the benchmark's baseline."""
+"""Paper-faithful EMA with the published operator structure: the tests' oracle, the benchmark's baseline, and the path
+`EMA` takes on a device where it measures faster (`ema_path`)."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ("EMAReference",)
+__all__ = ("EMAReference", "published_ema")
+
+
+def published_ema(x, groups, gn, conv1x1, conv3x3):
+    """EMA of `x` (B, C, H, W) computed with the published code's operators (github.com/YOLOonMe/EMA-attention-module).
+
+    Args:
+        x (torch.Tensor): Input (B, C, H, W), C a multiple of `groups`.
+        groups (int): Channel groups G.
+        gn (nn.GroupNorm): GroupNorm(C / G, C / G), shared by the groups.
+        conv1x1 (nn.Conv2d): The shared 1x1 convolution, C / G -> C / G.
+        conv3x3 (nn.Conv2d): The shared 3x3 convolution, C / G -> C / G, padding 1.
+
+    Returns:
+        (torch.Tensor): Output (B, C, H, W).
+    """
+    b, c, h, w = x.size()
+    gx = x.reshape(b * groups, -1, h, w)
+    x_h = F.adaptive_avg_pool2d(gx, (None, 1))
+    x_w = F.adaptive_avg_pool2d(gx, (1, None)).permute(0, 1, 3, 2)
+    hw = conv1x1(torch.cat([x_h, x_w], dim=2))
+    x_h, x_w = torch.split(hw, [h, w], dim=2)
+    x1 = gn(gx * x_h.sigmoid() * x_w.permute(0, 1, 3, 2).sigmoid())
+    x2 = conv3x3(gx)
+    x11 = torch.softmax(F.adaptive_avg_pool2d(x1, (1, 1)).reshape(b * groups, -1, 1).permute(0, 2, 1), -1)
+    x12 = x2.reshape(b * groups, c // groups, -1)
+    x21 = torch.softmax(F.adaptive_avg_pool2d(x2, (1, 1)).reshape(b * groups, -1, 1).permute(0, 2, 1), -1)
+    x22 = x1.reshape(b * groups, c // groups, -1)
+    weights = (torch.matmul(x11, x12) + torch.matmul(x21, x22)).reshape(b * groups, 1, h, w)
+    return (gx * weights.sigmoid()).reshape(b, c, h, w)
 
 
 class EMAReference(nn.Module):
@@ -31,27 +62,10 @@ class EMAReference(nn.Module):
             raise ValueError(f"EMAReference needs channels ({channels}) to be a multiple of factor ({factor})")
         self.groups = factor
         cg = channels // factor
-        self.softmax = nn.Softmax(-1)
-        self.agp = nn.AdaptiveAvgPool2d((1, 1))
-        self.pool_h = nn.AdaptiveAvgPool2d((None, 1))
-        self.pool_w = nn.AdaptiveAvgPool2d((1, None))
         self.gn = nn.GroupNorm(cg, cg)
         self.conv1x1 = nn.Conv2d(cg, cg, kernel_size=1)
         self.conv3x3 = nn.Conv2d(cg, cg, kernel_size=3, padding=1)
 
     def forward(self, x):
         """Apply EMA to `x` of shape (B, C, H, W)."""
-        b, c, h, w = x.size()
-        gx = x.reshape(b * self.groups, -1, h, w)
-        x_h = self.pool_h(gx)
-        x_w = self.pool_w(gx).permute(0, 1, 3, 2)
-        hw = self.conv1x1(torch.cat([x_h, x_w], dim=2))
-        x_h, x_w = torch.split(hw, [h, w], dim=2)
-        x1 = self.gn(gx * x_h.sigmoid() * x_w.permute(0, 1, 3, 2).sigmoid())
-        x2 = self.conv3x3(gx)
-        x11 = self.softmax(self.agp(x1).reshape(b * self.groups, -1, 1).permute(0, 2, 1))
-        x12 = x2.reshape(b * self.groups, c // self.groups, -1)
-        x21 = self.softmax(self.agp(x2).reshape(b * self.groups, -1, 1).permute(0, 2, 1))
-        x22 = x1.reshape(b * self.groups, c // self.groups, -1)
-        weights = (torch.matmul(x11, x12) + torch.matmul(x21, x22)).reshape(b * self.groups, 1, h, w)
-        return (gx * weights.sigmoid()).reshape(b, c, h, w)
+        return published_ema(x, self.groups, self.gn, self.conv1x1, self.conv3x3)
