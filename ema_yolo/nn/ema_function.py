@@ -77,16 +77,19 @@ def _conv_channel_sum_backward(dm, z, kernel, dz, scratch):
     return d_kernel
 
 
-# On CPU the work is done in chunks of whole group-samples (the computation never mixes them), each small enough that
-# its intermediate tensors stay in the last-level cache: the input is read from memory once, the output written once,
-# and everything between them runs at cache speed. Chosen by `ema-yolo bench roofline` (2-core EPYC, 32 MB L3): 1-8
-# MiB chunks ran within 10% of each other, 256 KiB ones paid for their per-chunk overhead.
+# On CPU a map larger than the last-level cache is processed in chunks of whole group-samples (the computation never
+# mixes them), each small enough that its intermediate tensors stay in the cache: the input is read from memory about
+# once, the output written once, and everything between runs at cache speed. Maps that fit the cache run in one piece:
+# every chunk pays a fixed dispatch cost. Sizes chosen with `ema-yolo bench module` and `bench roofline` on a 2-core
+# EPYC with a 32 MB L3 (2026-11-30): 1-8 MiB chunks ran within 10% of each other, 256 KiB ones paid for their
+# overhead, and chunking 3-7 MB maps (YOLOv8 P4/P5 at batch 8) made them 10-25% slower.
 CHUNK_BYTES = 2**21
+CACHE_BYTES = 2**23
 
 
 def _chunks(n, item_bytes, device):
-    """Slices of the n group-samples, each chunk at most `CHUNK_BYTES` (at least one sample); one chunk off the CPU."""
-    k = n if device.type != "cpu" else max(1, min(n, CHUNK_BYTES // item_bytes))
+    """Slices of the n group-samples: one, off the CPU or when they fit `CACHE_BYTES`; else chunks of `CHUNK_BYTES`."""
+    k = n if device.type != "cpu" or n * item_bytes <= CACHE_BYTES else max(1, CHUNK_BYTES // item_bytes)
     return [slice(i, min(n, i + k)) for i in range(0, n, k)]
 
 
