@@ -80,10 +80,11 @@ def _conv_channel_sum_backward(dm, z, kernel, dz, scratch):
 # On CPU a map larger than the last-level cache is processed in chunks of whole group-samples (the computation never
 # mixes them), each small enough that its intermediate tensors stay in the cache: the input is read from memory about
 # once, the output written once, and everything between runs at cache speed. Maps that fit the cache run in one piece:
-# every chunk pays a fixed dispatch cost. Sizes chosen with `ema-yolo bench module` and `bench roofline` on a 2-core
-# EPYC with a 32 MB L3 (2026-11-30): 1-8 MiB chunks ran within 10% of each other, 256 KiB ones paid for their
-# overhead, and chunking 3-7 MB maps (YOLOv8 P4/P5 at batch 8) made them 10-25% slower.
-CHUNK_BYTES = 2**21
+# every chunk pays a fixed dispatch cost. Sizes chosen on a 2-core EPYC with a 32 MB L3 (2026-11-30, 8x64x80x80, in
+# read+write passes as `ema-yolo bench roofline` counts them, 2 threads): 4 MiB chunks 2.7 forward / 7.8-8.3
+# forward+backward, 1 MiB 3.8-3.9 / 10.1-10.7, one piece 3.4-7.3 / 12.0-14.0; chunking the 3-7 MB maps of YOLOv8
+# P4/P5 at batch 8 made them 10-25% slower.
+CHUNK_BYTES = 2**22
 CACHE_BYTES = 2**23
 
 
