@@ -58,7 +58,7 @@ def test_chunked_operator_matches_reference(monkeypatch, chunk_samples, dtype):
     x = torch.randn(2, 64, 7, 5, dtype=torch.float64)
     monkeypatch.setattr(ema_function, "CHUNK_BYTES", chunk_samples * 4 * 7 * 5 * 8)
     monkeypatch.setattr(ema_function, "CACHE_BYTES", 0)
-    assert len(ema_function._chunks(32, 4 * 7 * 5 * 8, x.device)) == -(-32 // chunk_samples)
+    assert len(ema_function._chunks(x.view(32, 4, 7, 5))[0]) == -(-32 // chunk_samples)
     xin = x.to(dtype).requires_grad_()
     y_fast = fast.to(dtype)(xin)
     y_ref = ref(xin.detach().double().requires_grad_())
@@ -255,6 +255,9 @@ def test_layouts_and_degenerate_inputs():
     for constant in (torch.zeros(1, 64, 5, 5), torch.full((1, 64, 1, 1), 3.0)):
         y = fast.float()(constant)
         assert torch.isfinite(y).all()
+    empty = torch.randn(0, 64, 5, 5, requires_grad=True)  # an empty batch: empty output, zero parameter gradients
+    grads = torch.autograd.grad(fast(empty).sum(), [empty, *fast.parameters()])
+    assert grads[0].shape == empty.shape and all(not g.any() for g in grads[1:])
 
 
 class _Tail(torch.nn.Module):

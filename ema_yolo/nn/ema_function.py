@@ -88,10 +88,12 @@ CHUNK_BYTES = 2**22
 CACHE_BYTES = 2**23
 
 
-def _chunks(n, item_bytes, device):
-    """Slices of the n group-samples: one, off the CPU or when they fit `CACHE_BYTES`; else chunks of `CHUNK_BYTES`."""
-    k = n if device.type != "cpu" or n * item_bytes <= CACHE_BYTES else max(1, CHUNK_BYTES // item_bytes)
-    return [slice(i, min(n, i + k)) for i in range(0, n, k)]
+def _chunks(z):
+    """Chunk slices of group-samples z (n, cg, h, w): one chunk off the CPU or when z fits `CACHE_BYTES`, else chunks
+    of `CHUNK_BYTES`; and the largest chunk's size."""
+    n, item_bytes = z.shape[0], z[0].numel() * z.element_size() if len(z) else 0
+    k = max(1, n if z.device.type != "cpu" or n * item_bytes <= CACHE_BYTES else CHUNK_BYTES // item_bytes)
+    return [slice(i, min(n, i + k)) for i in range(0, max(n, 1), k)], min(n, k)  # an empty batch: one empty chunk
 
 
 def _forward_chunk(z, eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel, out=None, scratch=None):
@@ -175,9 +177,9 @@ def _ema_forward_chunked(x, groups, eps, *params):
     z, (gn_w, gn_b, w1, b1, w3, b3, s1, kernel) = _prepare(x, groups, *params)
     n, cg, h, w = z.shape
     out = torch.empty(z.shape, dtype=x.dtype, device=x.device)
-    slices = _chunks(n, z[0].numel() * z.element_size(), z.device)
-    scratch = z.new_empty((slices[0].stop, cg, h, w))
-    chunk_out = out if out.dtype == z.dtype else z.new_empty((slices[0].stop, cg, h, w))
+    slices, size = _chunks(z)
+    scratch = z.new_empty((size, cg, h, w))
+    chunk_out = out if out.dtype == z.dtype else z.new_empty((size, cg, h, w))
     saved = [z.new_empty(shape) for shape in _saved_shapes(x, groups)[:7]]  # all but s1 and K: per group-sample
     for sl in slices:
         k = sl.stop - sl.start
@@ -287,8 +289,8 @@ def _backward(grad_out, z, mean, gates, sig, s2, rstd, taps, pooled, s1, kernel,
     n, cg, h, w = z.shape
     go = grad_out.to(z.dtype).reshape(n, cg, h, w)
     dz = torch.empty_like(z)
-    slices = _chunks(n, z[0].numel() * z.element_size(), z.device)
-    scratch = z.new_empty((slices[0].stop, cg, h, w))
+    slices, size = _chunks(z)
+    scratch = z.new_empty((size, cg, h, w))
     sums = None
     for sl in slices:
         saved = (mean[sl], gates[sl], sig[sl], s2[sl], rstd[sl], taps[sl], pooled[sl])
