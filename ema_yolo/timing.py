@@ -8,11 +8,12 @@ __all__ = ("time_calls",)
 
 
 def time_calls(fn, device, repeats, warmup=1):
-    """Return the per-call seconds of `fn` over `repeats` calls, after `warmup` calls (CUDA work is synchronised).
+    """Return the per-call seconds of `fn` over `repeats` calls, after `warmup` calls (accelerators synchronised).
 
     Args:
         fn (callable): What to time; called without arguments.
-        device (str | torch.device): Device `fn` runs on; on CUDA each call is bracketed by a synchronisation.
+        device (str | torch.device): Device `fn` runs on; on an accelerator (CUDA, XPU, MPS) each call is bracketed
+            by a synchronisation of that device.
         repeats (int): Timed calls.
         warmup (int): Untimed calls first.
 
@@ -28,11 +29,15 @@ def time_calls(fn, device, repeats, warmup=1):
         fn()
     samples = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _synchronize(device)
         start = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _synchronize(device)
         samples.append(time.perf_counter() - start)
     return samples
+
+
+def _synchronize(device):
+    """Wait for the work queued on `device` (an accelerator runs asynchronously; the CPU does not)."""
+    if device.type not in ("cpu", "meta"):
+        torch.accelerator.synchronize(device)

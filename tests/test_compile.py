@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from ema_yolo.nn import EMA, EMAReference
+from ema_yolo.nn import ema_function
 from ema_yolo.nn.ema_function import VERSION, ema_backward_op, ema_op
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,10 +121,18 @@ def _op_args(dtype=torch.float32, channels_last=False):
     return m, (x.requires_grad_(), m.groups, m.gn.eps, *params)
 
 
-@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.float64, True), (torch.bfloat16, False)])
-def test_operators_keep_their_contracts(dtype, channels_last):
+@pytest.mark.parametrize(
+    "dtype,channels_last,chunked",
+    [(torch.float32, False, False), (torch.float64, True, False), (torch.bfloat16, False, False),
+     (torch.float32, False, True), (torch.bfloat16, True, True)],
+)
+def test_operators_keep_their_contracts(monkeypatch, dtype, channels_last, chunked):
     # torch.library.opcheck: the schema tells the truth (no input written, no output aliasing an input), the fake
-    # kernels give the real kernels' shapes, dtypes and strides, autograd is registered, and AOTAutograd traces both.
+    # kernels give the real kernels' shapes, dtypes and strides, autograd is registered, and AOTAutograd traces both;
+    # also on the CPU's chunked path (chunks of 3 group-samples, the last one shorter), where buffers are reused.
+    if chunked:
+        monkeypatch.setattr(ema_function, "CACHE_BYTES", 0)
+        monkeypatch.setattr(ema_function, "CHUNK_BYTES", 3 * 4 * 5 * 7 * 4)
     _, args = _op_args(dtype, channels_last)
     for check, status in torch.library.opcheck(ema_op, args).items():
         assert status == "SUCCESS", check

@@ -122,6 +122,16 @@ def test_blocks_build_directly_and_checkpoints_load_with_ultralytics_safe_load(t
         assert torch.equal(model(x)[0], loaded(x)[0])
 
 
+def test_self_check_runs_when_the_first_in_block_model_is_built_on_the_meta_device(monkeypatch):
+    # The first in-block row of a process runs the self-check; under torch.device("meta") (shape inference, as
+    # `_parse` here) it must still compute on real tensors instead of failing on `.item()` of a meta tensor.
+    from ema_yolo.integration import csp_blocks
+
+    monkeypatch.setattr(csp_blocks, "_checked", [])
+    layers = _parse("yolov8n-c2f-ema.yaml")
+    assert csp_blocks._checked == [True] and all(p.is_meta for p in layers.parameters())
+
+
 def test_self_check_fails_loudly_when_ultralytics_changes_what_it_relies_on(monkeypatch):
     from ultralytics.nn import tasks
     from ultralytics.nn.modules.block import Bottleneck

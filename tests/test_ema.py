@@ -56,9 +56,10 @@ def test_chunked_operator_matches_reference(monkeypatch, chunk_samples, dtype):
 
     ref, fast = _pair(64, 16)
     x = torch.randn(2, 64, 7, 5, dtype=torch.float64)
-    monkeypatch.setattr(ema_function, "CHUNK_BYTES", chunk_samples * 4 * 7 * 5 * 8)
+    acc = torch.promote_types(dtype, torch.float32)  # what the operator computes in, and chunks
+    monkeypatch.setattr(ema_function, "CHUNK_BYTES", chunk_samples * 4 * 7 * 5 * acc.itemsize)
     monkeypatch.setattr(ema_function, "CACHE_BYTES", 0)
-    assert len(ema_function._chunks(x.view(32, 4, 7, 5))[0]) == -(-32 // chunk_samples)
+    assert len(ema_function._chunks(x.to(acc).view(32, 4, 7, 5))[0]) == -(-32 // chunk_samples)
     xin = x.to(dtype).requires_grad_()
     y_fast = fast.to(dtype)(xin)
     y_ref = ref(xin.detach().double().requires_grad_())
@@ -73,52 +74,56 @@ def test_chunked_operator_matches_reference(monkeypatch, chunk_samples, dtype):
 
 
 def test_device_rule_times_both_paths_where_nothing_was_measured(monkeypatch, caplog):
-    # Off the measured devices the first call per (device, dtype, shape, backward) times the operator against the
-    # published structure and runs the faster; made to happen on CPU here by emptying the measured table, with the
-    # published structure made slower in one case and the operator in the other.
-    import time
+    # Off the measured devices the first call per key times the operator against the published structure and runs the
+    # faster; made to happen on CPU here by emptying the measured table, with fixed costs in place of the clock.
+    from torch.utils.checkpoint import checkpoint
 
     from ema_yolo.nn import ema_path
 
     ref, fast = _pair(64, 16)
-    calls = []
+    calls, costs = [], {}
+    for name in ("operator", "published"):
+        method = getattr(fast, f"_{name}")
+        monkeypatch.setattr(fast, f"_{name}", lambda x, name=name, method=method: calls.append(name) or method(x))
 
-    def slowed(fn, name):
-        def wrapper(*args):
-            calls.append(name)
-            if slow == name:
-                time.sleep(0.02)
-            return fn(*args)
-
-        return wrapper
+    def fixed_cost(fn, x, params, backward, device):
+        fn(x)
+        return costs[calls[-1]]
 
     monkeypatch.setattr(ema_path, "MEASURED", {})
     monkeypatch.setattr(ema_path, "_chosen", {})
-    monkeypatch.setattr(fast, "_published", slowed(fast._published, "published"))
-    monkeypatch.setattr(fast, "_operator", slowed(fast._operator, "operator"))
+    monkeypatch.setattr(ema_path, "_cost", fixed_cost)
     x = torch.randn(2, 64, 6, 5, dtype=torch.float64, requires_grad=True)
+    (g_ref,) = torch.autograd.grad(ref(x).sum(), x)
     for slow, expected in (("published", "operator"), ("operator", "published")):
+        costs.update({slow: 2.0, expected: 1.0})
         ema_path._chosen.clear()
         with caplog.at_level(logging.INFO, logger="ema_yolo"):
-            y = fast(x)
-        assert "with backward: operator" in caplog.text and caplog.text.rstrip().endswith(expected)
+            fast(x)
+        assert "with backward: operator 1000.00 ms" in caplog.text or "published structure 1000.00 ms" in caplog.text
+        assert caplog.text.rstrip().endswith(f"-> {expected}")
         calls.clear()
-        y = fast(x)  # chosen once per key: no more timing
-        assert calls == [expected] and torch.allclose(y, ref(x), atol=1e-9)
-        (g,) = torch.autograd.grad(y.sum(), x)
-        assert torch.allclose(g, torch.autograd.grad(ref(x).sum(), x)[0], atol=1e-9)
+        y = checkpoint(fast, x, use_reentrant=False)  # chosen once per key: no more timing, also under checkpointing
+        assert calls == [expected, expected] or calls == [expected]
+        assert torch.allclose(y, ref(x), atol=1e-9)
+        assert torch.allclose(torch.autograd.grad(y.sum(), x)[0], g_ref, atol=1e-9)
         caplog.clear()
     with torch.no_grad():
         fast(x)  # a new key: inference is timed on its own
-    assert len(ema_path._chosen) == 2 and all(p.grad is None for p in fast.parameters())
+    fast.float()(x.float().contiguous(memory_format=torch.channels_last))  # and another: dtype and layout
+    assert len(ema_path._chosen) == 3 and all(p.grad is None for p in fast.parameters())
+    ema_path._chosen.clear()
+    y = checkpoint(fast, x.float(), use_reentrant=False)  # timed inside activation checkpointing: no effect on it
+    assert torch.allclose(torch.autograd.grad(y.sum(), x)[0].double(), g_ref, atol=1e-4)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
         ema_path._chosen.clear()
         calls.clear()
-        fast(x)
+        fast(x.float())
         assert calls == ["operator"] and not ema_path._chosen
     finally:
-        torch.use_deterministic_algorithms(False)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 @pytest.mark.parametrize("x_grad,param_grad", [(True, False), (False, True)])

@@ -108,7 +108,8 @@ def _check(parse_model):
             x = torch.randn(1, 32, 4, 4)
             with torch.no_grad():
                 same = torch.allclose(plain(x), extended(x))
-            ok = shapes == [(k, v.shape) for k, v in stock.state_dict().items()] and attended == bottlenecks > 0 and same
+            stock_shapes = [(k, v.shape) for k, v in stock.state_dict().items()]
+            ok = shapes == stock_shapes and attended == bottlenecks > 0 and same
             reason = "the block was not built as the stock parser builds its stock parent" if same else (
                 "ultralytics' Bottleneck no longer computes cv2(cv1(x)) plus its shortcut")
     except Exception as e:  # noqa: BLE001 - any failure here means the mechanism no longer works

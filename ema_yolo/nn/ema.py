@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .ema_export import ema_export_forward
-from .ema_function import ema, ema_forward
+from .ema_function import autocast_off, ema, ema_forward
 from .ema_path import choose_path
 from .ema_reference import published_ema
 from .graph_args import GraphArgsMeta
@@ -54,8 +54,8 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
     parameters (`gn`, `conv1x1`, `conv3x3`, shared by all groups), so a published state dict loads with
     `strict=True`. It is faster because it never builds what the output does not need, and it has a hand-derived
     backward; both run as functional `torch.library` operators (`ema_yolo::ema_<version>`), so `torch.compile` keeps
-    EMA as one opaque node with no graph breaks, while exporters (`torch.jit.trace`, ONNX, `torch.export`) and FLOP counters
-    (`torch.utils.flop_counter`) see plain ops.
+    EMA as one opaque node with no graph breaks, while exporters (`torch.jit.trace`, ONNX, `torch.export`) and FLOP
+    counters (`torch.utils.flop_counter`) see plain ops.
     Where the savings come from:
 
     - the groups stay in the channel dimension; directional pooling is `sum`/`mean`, not adaptive pooling, so
@@ -125,7 +125,10 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
         return ema(x, self.groups, self.gn.eps, *self._params())
 
     def _published(self, x):
-        return published_ema(x, self.groups, self.gn, self.conv1x1, self.conv3x3)
+        # in float32 or wider, autocast off, like the operator: the two paths differ in speed only
+        with autocast_off(x.device.type):
+            acc = torch.promote_types(x.dtype, torch.float32)
+            return published_ema(x.to(acc), self.groups, self.gn, self.conv1x1, self.conv3x3).to(x.dtype)
 
     def _params(self):
         gn, conv1x1, conv3x3 = self.gn, self.conv1x1, self.conv3x3

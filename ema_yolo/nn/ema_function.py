@@ -1,8 +1,8 @@
 """EMA's forward and hand-derived backward as two `torch.library` operators, `ema_yolo::ema_<v>` and its backward.
 
 Written for memory traffic. On CPU the work runs in chunks of group-samples small enough to stay in the cache
-(`CHUNK_BYTES`), so the forward reads its input from memory about once and writes one full-size tensor (the output);
-the backward recomputes the gate product from the input instead of saving it, and writes one (the input gradient).
+(`CHUNK_BYTES`), so the forward reads a float32 input from memory about once and writes one full-size tensor (the
+output); the backward recomputes the gate product from the input instead of saving it, and writes one (the input gradient).
 Only the equations of the published module are implemented; see `EMA` for what they are.
 
 Notation, per group (n = batch x groups): z (cg, h, w) is the input, g_h (cg, h) and g_w (cg, w) the sigmoid gates,
@@ -14,7 +14,7 @@ the output is z * sigmoid(m).
 
 import contextlib
 import hashlib
-from pathlib import Path
+from importlib import resources
 
 import torch
 
@@ -78,12 +78,10 @@ def _conv_channel_sum_backward(dm, z, kernel, dz, scratch):
 
 
 # On CPU a map larger than the last-level cache is processed in chunks of whole group-samples (the computation never
-# mixes them), each small enough that its intermediate tensors stay in the cache: the input is read from memory about
-# once, the output written once, and everything between runs at cache speed. Maps that fit the cache run in one piece:
-# every chunk pays a fixed dispatch cost. Sizes chosen on a 2-core EPYC with a 32 MB L3 (2026-11-30, 8x64x80x80, in
-# read+write passes as `ema-yolo bench roofline` counts them, 2 threads): 4 MiB chunks 2.7 forward / 7.8-8.3
-# forward+backward, 1 MiB 3.8-3.9 / 10.1-10.7, one piece 3.4-7.3 / 12.0-14.0; chunking the 3-7 MB maps of YOLOv8
-# P4/P5 at batch 8 made them 10-25% slower.
+# mixes them), each small enough that its intermediate tensors stay in the cache: a contiguous float32 input is read
+# from memory about once and the output written once (other dtypes and layouts are converted in one pass first), and
+# everything between runs at cache speed. Maps that fit the cache run in one piece: every chunk pays a fixed dispatch
+# cost. Chunk size measured on a 2-core EPYC with a 32 MB L3 (docs/benchmarks.md, roofline section).
 CHUNK_BYTES = 2**22
 CACHE_BYTES = 2**23
 
@@ -192,7 +190,7 @@ def _ema_forward_chunked(x, groups, eps, *params):
     return out.view(x.shape), (*saved, s1, kernel)
 
 
-def _autocast_off(device_type):
+def autocast_off(device_type):
     """Turn autocast off on `device_type` where it is on: the EMA math casts to float32 or wider by itself."""
     try:
         enabled = torch.is_autocast_enabled(device_type)
@@ -209,7 +207,7 @@ def _autocast_off(device_type):
 # torch.compile's caches (inductor's FX graph cache, AOTAutograd's) know a custom operator by its name only, not by its
 # kernels or fake kernel (pytorch/pytorch#160472, #144344): a cache warmed by another version of this file would
 # replay code compiled for other saved tensors. So the names carry a digest of this file.
-VERSION = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12]
+VERSION = hashlib.sha1(resources.files(__package__).joinpath("ema_function.py").read_bytes()).hexdigest()[:12]
 
 
 @torch.library.custom_op(f"ema_yolo::ema_{VERSION}", mutates_args=())
@@ -218,7 +216,7 @@ def ema_op(
     conv1x1_weight: torch.Tensor, conv1x1_bias: torch.Tensor, conv3x3_weight: torch.Tensor, conv3x3_bias: torch.Tensor,
 ) -> list[torch.Tensor]:
     """EMA's forward: [output (x's shape and dtype), then the tensors the backward needs] (see `_saved_shapes`)."""
-    with _autocast_off(x.device.type):
+    with autocast_off(x.device.type):
         out, saved = _ema_forward_chunked(
             x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias
         )
@@ -239,7 +237,7 @@ def ema_backward_op(
     conv3x3_weight: torch.Tensor, conv3x3_bias: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """EMA's backward: gradients of x (x's shape, computing dtype) and of the six parameters (flat, computing dtype)."""
-    with _autocast_off(grad_out.device.type):
+    with autocast_off(grad_out.device.type):
         acc = mean.dtype
         (n, cg), (h, w) = mean.shape, sig.shape[1:]
         z = x.to(acc).reshape(n, cg, h, w).contiguous()
@@ -260,7 +258,8 @@ def _setup_context(ctx, inputs, output):
     x, groups, _, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias = inputs
     ctx.mark_non_differentiable(*output[1:])
     ctx.save_for_backward(x, *output[1:], gn_weight, gn_bias, conv1x1_weight, conv3x3_weight, conv3x3_bias)
-    ctx.param_meta = [(p.shape, p.dtype) for p in (gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias)]
+    params = (gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias)
+    ctx.param_meta = [(p.shape, p.dtype) for p in params]
     ctx.x_dtype = x.dtype
 
 

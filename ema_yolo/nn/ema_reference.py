@@ -11,6 +11,8 @@ __all__ = ("EMAReference", "published_ema")
 def published_ema(x, groups, gn, conv1x1, conv3x3):
     """EMA of `x` (B, C, H, W) computed with the published code's operators (github.com/YOLOonMe/EMA-attention-module).
 
+    The layers' parameters are used in `x`'s dtype through the functional ops, so no module hook fires.
+
     Args:
         x (torch.Tensor): Input (B, C, H, W), C a multiple of `groups`.
         groups (int): Channel groups G.
@@ -19,16 +21,19 @@ def published_ema(x, groups, gn, conv1x1, conv3x3):
         conv3x3 (nn.Conv2d): The shared 3x3 convolution, C / G -> C / G, padding 1.
 
     Returns:
-        (torch.Tensor): Output (B, C, H, W).
+        (torch.Tensor): Output (B, C, H, W), `x`'s dtype.
     """
     b, c, h, w = x.size()
+    gn_w, gn_b, w1, b1, w3, b3 = (
+        p.to(x.dtype) for p in (gn.weight, gn.bias, conv1x1.weight, conv1x1.bias, conv3x3.weight, conv3x3.bias)
+    )
     gx = x.reshape(b * groups, -1, h, w)
     x_h = F.adaptive_avg_pool2d(gx, (None, 1))
     x_w = F.adaptive_avg_pool2d(gx, (1, None)).permute(0, 1, 3, 2)
-    hw = conv1x1(torch.cat([x_h, x_w], dim=2))
+    hw = F.conv2d(torch.cat([x_h, x_w], dim=2), w1, b1)
     x_h, x_w = torch.split(hw, [h, w], dim=2)
-    x1 = gn(gx * x_h.sigmoid() * x_w.permute(0, 1, 3, 2).sigmoid())
-    x2 = conv3x3(gx)
+    x1 = F.group_norm(gx * x_h.sigmoid() * x_w.permute(0, 1, 3, 2).sigmoid(), gn.num_groups, gn_w, gn_b, gn.eps)
+    x2 = F.conv2d(gx, w3, b3, padding=1)
     x11 = torch.softmax(F.adaptive_avg_pool2d(x1, (1, 1)).reshape(b * groups, -1, 1).permute(0, 2, 1), -1)
     x12 = x2.reshape(b * groups, c // groups, -1)
     x21 = torch.softmax(F.adaptive_avg_pool2d(x2, (1, 1)).reshape(b * groups, -1, 1).permute(0, 2, 1), -1)
