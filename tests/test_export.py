@@ -2,11 +2,12 @@
 matrix (`ema-yolo check-exports`) against PyTorch on Ultralytics' own sample photos, 64 px."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
-from ema_yolo.export.check import CASES, check_case, describe_exit, main, report, run_cases
+from ema_yolo.export.check import CASES, check_case, describe_exit, main, onnx2tf_sample, report, run_cases
 from ema_yolo.export.compare import match_boxes, raw_error
 from ema_yolo.nn import EMA, EMAReference
 from ema_yolo.nn.ema_export import ema_export_forward, export_weights
@@ -183,3 +184,19 @@ def test_failures_are_reported_per_case(tmp_path, photos, capsys):
     with pytest.raises(SystemExit):
         main([photos[0], "--formats", "onnx,tensorrt"])
     assert set(CASES) >= {"torchscript", "onnx", "openvino", "ncnn", "mnn", "paddle", "litert"}
+
+
+def test_onnx2tf_sample_is_made_from_the_given_photos(photos, tmp_path):
+    # Ultralytics skips its download of this file when it exists: the TensorFlow exports then run offline
+    import cv2
+    import numpy as np
+    from ultralytics.utils.export import tensorflow
+
+    path = onnx2tf_sample(photos, tmp_path)
+    assert f'Path("{path.name}")' in Path(tensorflow.__file__).read_text()  # the name Ultralytics looks for
+    sample = np.load(path)
+    assert sample.shape == (20, 128, 128, 3) and sample.dtype == np.float32
+    assert np.array_equal(sample[0], sample[2]) and not np.array_equal(sample[0], sample[1])  # two photos, cycled
+    bus = cv2.imread(photos[0])  # 810 x 1080 portrait: resized to 96 x 128, padded 16 px each side with grey 114
+    assert np.allclose(sample[0][:, 16:112], cv2.resize(bus, (96, 128))[..., ::-1] / 255, atol=1e-6)
+    assert np.allclose(sample[0][:, :16], 114 / 255) and np.allclose(sample[0][:, 112:], 114 / 255)
