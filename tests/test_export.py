@@ -2,16 +2,22 @@
 matrix (`ema-yolo check-exports`) against PyTorch on Ultralytics' own sample photos, 64 px."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
-from ema_yolo.export.check import CASES, check_case, describe_exit, main, report, run_cases
+from ema_yolo.export.check import CASES, check_case, describe_exit, main, onnx2tf_sample, report, run_cases
 from ema_yolo.export.compare import match_boxes, raw_error
 from ema_yolo.nn import EMA, EMAReference
-from ema_yolo.nn.ema_export import ema_export_forward
+from ema_yolo.nn.ema_export import ema_export_forward, export_weights
 
 IMGSZ = 64
+
+
+def _export_forward(ema, x):
+    weights = export_weights(ema.groups, ema.gn, ema.conv1x1, ema.conv3x3)
+    return ema_export_forward(x, ema.groups, ema.group_channels, ema.gn.eps, weights)
 
 
 @pytest.mark.parametrize("channels, shape", [(64, (2, 8, 8)), (128, (3, 5, 7)), (48, (1, 4, 9)), (16, (2, 1, 6))])
@@ -24,9 +30,12 @@ def test_export_forward_equals_training_forward_float64(channels, shape):
     reference.load_state_dict(ema.state_dict())
     x = torch.randn(shape[0], channels, *shape[1:], dtype=torch.float64)
     trained = ema(x)
-    exported = ema_export_forward(x, ema.groups, ema.gn, ema.conv1x1, ema.conv3x3)
+    exported = _export_forward(ema, x)
     ema.export = True  # the switch Ultralytics' exporter flips through the callback
     assert torch.allclose(ema(x), exported, atol=0, rtol=0)
+    assert not any(k.startswith("export") for k in ema.state_dict())  # the snapshot is not saved with the weights
+    ema.export = False
+    assert torch.equal(ema(x), trained) and not list(ema.buffers())
     assert torch.allclose(exported, trained, atol=1e-12, rtol=0)
     assert torch.allclose(exported, reference(x), atol=1e-12, rtol=0)
 
@@ -36,11 +45,23 @@ def test_export_forward_stays_accurate_in_float16_at_large_activations():
     torch.manual_seed(0)
     ema = EMA(64)
     x = torch.randn(1, 64, 20, 20, dtype=torch.float64) * 300
-    want = ema_export_forward(x, ema.groups, *(copy.deepcopy(m).double() for m in (ema.gn, ema.conv1x1, ema.conv3x3)))
-    half = [copy.deepcopy(m).half() for m in (ema.gn, ema.conv1x1, ema.conv3x3)]
-    got = ema_export_forward(x.half(), ema.groups, *half).double()
+    want = _export_forward(copy.deepcopy(ema).double(), x)
+    got = _export_forward(ema.half(), x.half()).double()
     assert got.isfinite().all()
     assert (got - want).abs().max() / want.abs().max() < 2e-2  # 1.0e-2 measured; 0.55 with the plain variance
+
+
+def test_export_forward_takes_every_convolution_weight_as_a_constant():
+    # LiteRT converts torch.export's program; a weight computed in the graph (the tiled shared weight) is an
+    # activation to its int8 quantiser, which then gives it a zero point that TFLite's int8 convolution refuses
+    ema = EMA(64).eval()
+    ema.export = True
+    program = torch.export.export(ema, (torch.randn(1, 64, 8, 8),)).run_decompositions()
+    signature = program.graph_signature
+    constants = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
+    convs = [n for n in program.graph.nodes if n.target == torch.ops.aten.convolution.default]
+    assert len(convs) == 4  # the two 1x1 gates, the 3x3 branch, the group sum
+    assert all(constants.get(n.args[1].name, "").startswith("export_") for n in convs), [n.args[1] for n in convs]
 
 
 def test_exporter_switches_the_exported_copy_only(tmp_path, monkeypatch):
@@ -163,3 +184,19 @@ def test_failures_are_reported_per_case(tmp_path, photos, capsys):
     with pytest.raises(SystemExit):
         main([photos[0], "--formats", "onnx,tensorrt"])
     assert set(CASES) >= {"torchscript", "onnx", "openvino", "ncnn", "mnn", "paddle", "litert"}
+
+
+def test_onnx2tf_sample_is_made_from_the_given_photos(photos, tmp_path):
+    # Ultralytics skips its download of this file when it exists: the TensorFlow exports then run offline
+    import cv2
+    import numpy as np
+    from ultralytics.utils.export import tensorflow
+
+    path = onnx2tf_sample(photos, tmp_path)
+    assert f'Path("{path.name}")' in Path(tensorflow.__file__).read_text()  # the name Ultralytics looks for
+    sample = np.load(path)
+    assert sample.shape == (20, 128, 128, 3) and sample.dtype == np.float32
+    assert np.array_equal(sample[0], sample[2]) and not np.array_equal(sample[0], sample[1])  # two photos, cycled
+    bus = cv2.imread(photos[0])  # 810 x 1080 portrait: resized to 96 x 128, padded 16 px each side with grey 114
+    assert np.allclose(sample[0][:, 16:112], cv2.resize(bus, (96, 128))[..., ::-1] / 255, atol=1e-6)
+    assert np.allclose(sample[0][:, :16], 114 / 255) and np.allclose(sample[0][:, 112:], 114 / 255)

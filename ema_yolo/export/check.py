@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ("CASES", "UNAVAILABLE", "check_case", "describe_exit", "main", "run_cases")
+__all__ = ("CASES", "UNAVAILABLE", "check_case", "describe_exit", "main", "onnx2tf_sample", "run_cases")
 
 # name -> (Ultralytics export arguments, precision). Every CPU-exportable format of Ultralytics 8.4 on Linux x86.
 CASES = {
@@ -72,6 +72,8 @@ UNAVAILABLE = {
     "xilinx": "needs AMD Quark/Vitis AI and an AMD NPU",
 }
 CHECKS = ("coreml",)  # exported here, but predicting needs macOS: reported as exported, unmeasured
+ONNX2TF_FORMATS = ("saved_model", "pb")  # Ultralytics converts these with onnx2tf
+ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 RAW_TOL, MIN_IOU = 1e-3, 0.99
 
 
@@ -148,6 +150,35 @@ def _load(exported, name):
     return backend
 
 
+def onnx2tf_sample(images, folder):
+    """Write onnx2tf's calibration sample into `folder`, made from `images`, so Ultralytics does not download it.
+
+    Ultralytics' TensorFlow exports (SavedModel, GraphDef) look for `calibration_image_sample_data_20x128x128x3_float32
+    .npy` in the working directory before calling onnx2tf, and download it from GitHub when it is missing, even for
+    fp32 exports, which then stop offline. The file is what onnx2tf calibrates int8 with by default: 20 RGB images,
+    128 x 128, float32 in [0, 1], NHWC.
+
+    Args:
+        images (list[str]): Image files, cycled to 20 and letterboxed to 128 px (`compare.load_images`).
+        folder (str | Path): Where to write the file (the export's working directory).
+
+    Returns:
+        (Path): The written file.
+
+    Example:
+        >>> onnx2tf_sample(["bus.jpg"], ".").name
+        'calibration_image_sample_data_20x128x128x3_float32.npy'
+    """
+    import numpy as np
+
+    from .compare import load_images
+
+    batch = load_images([images[i % len(images)] for i in range(20)], 128)
+    path = Path(folder) / ONNX2TF_SAMPLE
+    np.save(path, batch.permute(0, 2, 3, 1).numpy())
+    return path
+
+
 def _export(checkpoint, kwargs, imgsz, data, folder):
     """Export a copy of `checkpoint` placed in `folder` (so each case writes its own files); return the path."""
     from ultralytics import YOLO
@@ -189,6 +220,8 @@ def check_case(name, model, images, imgsz, out, baseline=None, data=None, val=Fa
     kwargs, _ = CASES[name]
     out = Path(out)
     _stage("export")
+    if kwargs.get("format") in ONNX2TF_FORMATS:
+        onnx2tf_sample(images, Path.cwd())  # where Ultralytics looks for it
     exported = _export(model, kwargs, imgsz, data, out / "model") if kwargs else str(model)
     if name in CHECKS:
         return {"exported": str(exported)}

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from .ema_export import ema_export_forward
+from .ema_export import ema_export_forward, export_weights
 from .ema_function import autocast_off, ema, ema_forward
 from .ema_path import choose_path
 from .ema_reference import published_ema
@@ -19,6 +19,7 @@ __all__ = ("EMA", "ema_groups")
 
 LOGGER = logging.getLogger("ema_yolo")
 _fallbacks_reported = set()
+_EXPORT_PREFIX = "export_"  # buffer names of the export weights
 
 
 def ema_groups(channels, factor=32):
@@ -91,8 +92,6 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
         torch.Size([2, 48, 20, 20])
     """
 
-    export = False  # True in Ultralytics exports (set like `Detect.export`): `ema_export_forward`'s operators
-
     def __init__(self, channels, factor=32):
         super().__init__()
         groups = ema_groups(channels, factor)
@@ -105,6 +104,27 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
         self.conv1x1 = nn.Conv2d(cg, cg, kernel_size=1)
         self.conv3x3 = nn.Conv2d(cg, cg, kernel_size=3, padding=1)
 
+    @property
+    def export(self):
+        """True in Ultralytics exports (set like `Detect.export`): the forward is `ema_export_forward`.
+
+        Setting it True snapshots the module's `export_weights` as buffers (left out of the state dict), so exporters
+        see constant weights; setting it False drops them.
+        """
+        return bool(self._export_weights())
+
+    @export.setter
+    def export(self, on):
+        for name in list(self._export_weights()):
+            delattr(self, _EXPORT_PREFIX + name)
+        if on:
+            for name, t in export_weights(self.groups, self.gn, self.conv1x1, self.conv3x3).items():
+                self.register_buffer(_EXPORT_PREFIX + name, t, persistent=False)
+
+    def _export_weights(self):
+        n = len(_EXPORT_PREFIX)
+        return {k[n:]: t for k, t in self._buffers.items() if k.startswith(_EXPORT_PREFIX)}
+
     def extra_repr(self):
         """Describe the grouping."""
         return f"channels={self.channels}, groups={self.groups}"
@@ -113,8 +133,8 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
         """Apply EMA to `x` of shape (B, C, H, W)."""
         if not torch.jit.is_tracing() and x.shape[1] != self.channels:
             raise ValueError(f"EMA was built for {self.channels} channels but got an input with {x.shape[1]}")
-        if self.export:
-            return ema_export_forward(x, self.groups, self.gn, self.conv1x1, self.conv3x3)
+        if weights := self._export_weights():
+            return ema_export_forward(x, self.groups, self.group_channels, self.gn.eps, weights)
         if torch.jit.is_tracing() or torch.compiler.is_exporting() or _observed():
             return ema_forward(x, self.groups, self.gn.eps, *self._params())[0]  # exporters, op observers: plain ops
         if torch.compiler.is_compiling() or choose_path(self, x) == "operator":

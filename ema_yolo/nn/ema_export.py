@@ -5,19 +5,63 @@ writes the 3x3 branch as shifted in-place slice additions; traced, that becomes 
 layers with the export size written into them, for runtimes that may have no batch axis of their own (NCNN reads a
 4-D tensor as (C, D, H, W)). Here the groups stay in the channel dimension: every per-group operation is a grouped convolution whose
 weight is the shared per-group weight tiled G times, and a group's channel sum is a grouped 1x1 convolution with
-an all-ones weight, which also broadcasts the sum back to the group's channels. The graph is Conv, ReduceMean,
-ReduceMax, Abs, Clip, Sigmoid, Softmax, Mul, Add, Sub, Sqrt, Div and a Reshape on each side of the softmax, in the
-input's dtype; it stays finite in float16 (see the GroupNorm step).
+an all-ones weight, which also broadcasts the sum back to the group's channels. The tiled weights are made once, when
+the export starts (`export_weights`), so every exporter sees them as constants: computed inside the graph, they are
+activations to LiteRT's int8 quantiser, which then gives a convolution weight a non-zero zero point that TFLite's int8
+convolution kernel refuses. The graph is Conv, ReduceMean, ReduceMax, Abs, Clip, Pow, Sigmoid, Softmax, Mul, Add, Sub
+and a Reshape on each side of the softmax, in the input's dtype; it stays finite in float16 (see the
+GroupNorm step).
 """
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ("ema_export_forward",)
+__all__ = ("ema_export_forward", "export_weights")
 
 
-def ema_export_forward(x, groups, gn, conv1x1, conv3x3):
-    """EMA of `x` (B, C, H, W) with `groups` groups, from the layers of an `EMA` module, in export-friendly operators.
+@torch.no_grad()
+def export_weights(groups, gn, conv1x1, conv3x3):
+    """The constant tensors of EMA's export forward: the per-group parameters of an `EMA` module tiled over its groups.
+
+    Args:
+        groups (int): Channel groups G.
+        gn (nn.GroupNorm): GroupNorm(C / G, C / G) shared by the groups.
+        conv1x1 (nn.Conv2d): 1x1 convolution C / G -> C / G shared by the groups.
+        conv3x3 (nn.Conv2d): 3x3 convolution C / G -> C / G (padding 1) shared by the groups.
+
+    Returns:
+        (dict[str, torch.Tensor]): Detached tensors in the layers' dtype, C = G * C / G: `conv1x1` (C, C / G, 1, 1),
+            `conv3x3` (C, C / G, 3, 3) and `ones` (C, C / G, 1, 1) grouped-convolution weights; `conv1x1_bias`,
+            `conv3x3_bias`, `gn_weight`, `gn_bias` and `softmax_gn_bias` (the first cross-spatial softmax), each
+            (1, C, 1, 1).
+
+    Example:
+        >>> from ema_yolo.nn import EMA
+        >>> m = EMA(64)
+        >>> export_weights(m.groups, m.gn, m.conv1x1, m.conv3x3)["conv3x3"].shape
+        torch.Size([64, 2, 3, 3])
+    """
+
+    def tile(t):  # a per-group parameter repeated for the G groups along the output channels
+        return t.detach().repeat(groups, *(1,) * (t.dim() - 1)).contiguous()
+
+    def channels(t):
+        return tile(t).view(1, -1, 1, 1)
+
+    return {
+        "conv1x1": tile(conv1x1.weight),
+        "conv1x1_bias": channels(conv1x1.bias),
+        "conv3x3": tile(conv3x3.weight),
+        "conv3x3_bias": channels(conv3x3.bias),
+        "gn_weight": channels(gn.weight),
+        "gn_bias": channels(gn.bias),
+        "softmax_gn_bias": channels(torch.softmax(gn.bias, 0)),  # softmax of the spatial mean of x1, which is gn.bias
+        "ones": torch.ones_like(tile(conv1x1.weight)),
+    }
+
+
+def ema_export_forward(x, groups, group_channels, eps, weights):
+    """EMA of `x` (B, C, H, W) with `groups` groups, from an `EMA` module's `export_weights`, in export-friendly operators.
 
     Equal to the published module (Ouyang et al., arXiv 2305.13563) up to floating-point rounding, including the
     spatial mean of the GroupNorm output, taken as its bias (exact for any input, and a constant in the graph).
@@ -25,9 +69,9 @@ def ema_export_forward(x, groups, gn, conv1x1, conv3x3):
     Args:
         x (torch.Tensor): Input (B, C, H, W), C divisible by `groups`.
         groups (int): Channel groups G.
-        gn (nn.GroupNorm): GroupNorm(C / G, C / G) shared by the groups.
-        conv1x1 (nn.Conv2d): 1x1 convolution C / G -> C / G shared by the groups.
-        conv3x3 (nn.Conv2d): 3x3 convolution C / G -> C / G (padding 1) shared by the groups.
+        group_channels (int): Channels per group C / G.
+        eps (float): The GroupNorm's epsilon.
+        weights (dict[str, torch.Tensor]): `export_weights` of the module's layers, in the dtype of `x`.
 
     Returns:
         (torch.Tensor): Output (B, C, H, W), dtype of `x`.
@@ -35,39 +79,32 @@ def ema_export_forward(x, groups, gn, conv1x1, conv3x3):
     Example:
         >>> from ema_yolo.nn import EMA
         >>> m = EMA(64)
-        >>> ema_export_forward(torch.randn(1, 64, 8, 8), m.groups, m.gn, m.conv1x1, m.conv3x3).shape
+        >>> w = export_weights(m.groups, m.gn, m.conv1x1, m.conv3x3)
+        >>> ema_export_forward(torch.randn(1, 64, 8, 8), m.groups, m.group_channels, m.gn.eps, w).shape
         torch.Size([1, 64, 8, 8])
     """
-    g, cg = groups, gn.num_channels  # Python ints: the weights below have static shapes in dynamic-shape exports
-    c, dt = g * cg, x.dtype
+    g, cg, w = groups, group_channels, weights  # Python ints: the reshapes below stay static in dynamic-shape exports
 
-    def tile(t):  # a per-group parameter repeated for the G groups along the output channels
-        return t.to(dt).repeat(g, *(1,) * (t.dim() - 1))
-
-    def conv(inp, layer, **kwargs):  # grouped conv, tiled weight; the bias added apart: X2Paddle needs it constant
-        return F.conv2d(inp, tile(layer.weight), groups=g, **kwargs) + tile(layer.bias).view(1, c, 1, 1)
+    def conv(inp, name, **kwargs):  # grouped conv; the bias added apart: X2Paddle needs a constant convolution bias
+        return F.conv2d(inp, w[name], groups=g, **kwargs) + w[f"{name}_bias"]
 
     # Directional pooling and the shared 1x1 conv: gates (B, C, H, 1) and (B, C, 1, W).
-    gate_h = conv(x.mean(3, keepdim=True), conv1x1).sigmoid()
-    gate_w = conv(x.mean(2, keepdim=True), conv1x1).sigmoid()
+    gate_h = conv(x.mean(3, keepdim=True), "conv1x1").sigmoid()
+    gate_w = conv(x.mean(2, keepdim=True), "conv1x1").sigmoid()
 
-    # GroupNorm(cg, cg) normalises each channel over (H, W). The deviations are divided by their largest magnitude
-    # before squaring, so the variance cannot overflow in float16 exports (|d| > 256 would square past 65504).
+    # GroupNorm(cg, cg) normalises each channel over (H, W): d / sqrt(mean(d^2) + eps) = u / sqrt(mean(u^2) + eps / a^2)
+    # for u = d / a and any a > 0. a = max(1, max |d|) keeps |u| <= 1, so the variance cannot overflow in float16
+    # exports (|d| > 256 would square past 65504). Pow rather than Div: LiteRT's int8 quantiser quantises Div, and
+    # TFLite's int8 Div fails on a divisor that rounds to zero; it leaves Pow in float.
     t = x * gate_h * gate_w
     d = t - t.mean((2, 3), keepdim=True)
-    a = d.abs().amax((2, 3), keepdim=True).clamp(min=gn.eps)  # PNNX does not convert clamp_min
-    u = d / a
-    eps = a * 0 + gn.eps  # a tensor, as the ones below: X2Paddle has no scalar / tensor operator
-    x1 = u / torch.sqrt((u * u).mean((2, 3), keepdim=True) + eps / (a * a)) * tile(gn.weight).view(1, c, 1, 1)
-    x1 = x1 + tile(gn.bias).view(1, c, 1, 1)
+    inv_a = d.abs().amax((2, 3), keepdim=True).clamp(min=1.0).pow(-1)  # PNNX does not convert clamp_min
+    u = d * inv_a
+    x1 = u * ((u * u).mean((2, 3), keepdim=True) + inv_a * inv_a * eps).pow(-0.5) * w["gn_weight"] + w["gn_bias"]
 
     # 3x3 branch and the two cross-spatial softmaxes (over each group's channels).
-    x2 = conv(x, conv3x3, padding=1)
-    s1 = tile(torch.softmax(gn.bias, 0)).view(1, c, 1, 1)  # softmax of the spatial mean of x1, which is gn.bias
-    s2 = torch.softmax(x2.mean((2, 3)).view(-1, g, cg), -1).view(-1, c, 1, 1)
+    x2 = conv(x, "conv3x3", padding=1)
+    s2 = torch.softmax(x2.mean((2, 3)).view(-1, g, cg), -1).view(-1, g * cg, 1, 1)
 
     # Per group: sum_k s1[k] x2[k] + s2[k] x1[k], summed and broadcast back to the group's channels by one conv.
-    # An all-ones (C, cg, 1, 1) weight computed from a weight: LiteRT's int8 quantiser rejects tensors created in
-    # forward (torch.ones), X2Paddle has no aten::ones_like.
-    ones = tile(conv1x1.weight) * 0 + 1
-    return x * F.conv2d(x2 * s1 + x1 * s2, ones, groups=g).sigmoid()
+    return x * F.conv2d(x2 * w["softmax_gn_bias"] + x1 * s2, w["ones"], groups=g).sigmoid()
