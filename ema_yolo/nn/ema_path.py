@@ -1,6 +1,6 @@
 """Which implementation `EMA` runs on a device: its operator, or the published structure where that measures faster.
 
-The rule: on a device type in `MEASURED` the implementation measured there is used (CPU: the operator, 2.2-10x faster
+The rule: on a device type in `MEASURED` the implementation measured there is used (CPU: the operator, 2.2-10.6x faster
 than the published structure forward+backward and 1.8-6.8x forward at every YOLOv8 n/s neck map; `ema-yolo bench
 module`, docs/benchmarks.md). On any other accelerator (CUDA, XPU, MPS: nothing was measured here) the first call for
 each (device, dtype, shape, memory format, autocast, groups, with or without backward) times both and runs the faster
