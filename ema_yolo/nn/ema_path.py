@@ -21,7 +21,7 @@ from ..timing import time_calls
 __all__ = ("MEASURED", "choose_path")
 
 LOGGER = logging.getLogger("ema_yolo")
-MEASURED = {"cpu": "operator", "meta": "operator"}
+MEASURED = {"cpu": "operator", "meta": "operator"}  # meta: shape inference, nothing runs to be timed
 _PATHS = ("operator", "published")
 _chosen = {}  # key (see choose_path) -> "operator" | "published"
 
