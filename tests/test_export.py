@@ -40,6 +40,23 @@ def test_export_forward_equals_training_forward_float64(channels, shape):
     assert torch.allclose(exported, reference(x), atol=1e-12, rtol=0)
 
 
+def test_export_flag_keeps_the_layer_live():
+    # With the flag set (a user may set it, and a checkpoint saved then keeps it), eager calls still train and follow
+    # new weights, the snapshot a traced graph reads follows `load_state_dict`, and another input dtype works.
+    torch.manual_seed(0)
+    ema, other = EMA(64), EMA(64)
+    for p in other.parameters():
+        torch.nn.init.normal_(p)
+    ema.export = True
+    x = torch.randn(2, 64, 8, 8)
+    ema(x).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ema.parameters())
+    ema.load_state_dict(other.state_dict())
+    traced = torch.jit.trace(ema, x)
+    assert torch.allclose(traced(x), other(x), atol=1e-5) and torch.allclose(ema(x), other(x), atol=1e-5)
+    assert ema(x.double()).dtype == torch.float64
+
+
 def test_export_forward_stays_accurate_in_float16_at_large_activations():
     # float16 exports run this graph in float16: squared deviations past 256 would overflow the variance to inf
     torch.manual_seed(0)

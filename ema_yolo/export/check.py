@@ -220,9 +220,17 @@ def check_case(name, model, images, imgsz, out, baseline=None, data=None, val=Fa
     kwargs, _ = CASES[name]
     out = Path(out)
     _stage("export")
-    if kwargs.get("format") in ONNX2TF_FORMATS:
-        onnx2tf_sample(images, Path.cwd())  # where Ultralytics looks for it
-    exported = _export(model, kwargs, imgsz, data, out / "model") if kwargs else str(model)
+    # Ultralytics looks for onnx2tf's sample in the working folder and downloads it when absent: made here, never
+    # over a file that is already there, and removed after the export
+    sample = Path.cwd() / ONNX2TF_SAMPLE
+    made = kwargs.get("format") in ONNX2TF_FORMATS and not sample.exists()
+    if made:
+        onnx2tf_sample(images, Path.cwd())
+    try:
+        exported = _export(model, kwargs, imgsz, data, out / "model") if kwargs else str(model)
+    finally:
+        if made:
+            sample.unlink(missing_ok=True)
     if name in CHECKS:
         return {"exported": str(exported)}
     _stage("load")

@@ -103,13 +103,16 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
         self.gn = nn.GroupNorm(cg, cg)
         self.conv1x1 = nn.Conv2d(cg, cg, kernel_size=1)
         self.conv3x3 = nn.Conv2d(cg, cg, kernel_size=3, padding=1)
+        self.register_load_state_dict_post_hook(EMA._refresh_export_weights)
 
     @property
     def export(self):
-        """True in Ultralytics exports (set like `Detect.export`): the forward is `ema_export_forward`.
+        """True in Ultralytics exports (set on the exporter's copy, like `Detect.export`): the forward is
+        `ema_export_forward`.
 
-        Setting it True snapshots the module's `export_weights` as buffers (left out of the state dict), so exporters
-        see constant weights; setting it False drops them.
+        Setting it True keeps a snapshot of the module's `export_weights` as buffers (left out of the state dict), which
+        a traced or exported graph reads as constants; eager calls compute the same weights from the live parameters
+        (so gradients flow) and refresh the snapshot, as does `load_state_dict`. Setting it False drops them.
         """
         return bool(self._export_weights())
 
@@ -119,11 +122,21 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
             delattr(self, _EXPORT_PREFIX + name)
         if on:
             for name, t in export_weights(self.groups, self.gn, self.conv1x1, self.conv3x3).items():
-                self.register_buffer(_EXPORT_PREFIX + name, t, persistent=False)
+                self.register_buffer(_EXPORT_PREFIX + name, t.detach().clone(), persistent=False)
 
     def _export_weights(self):
         n = len(_EXPORT_PREFIX)
         return {k[n:]: t for k, t in self._buffers.items() if k.startswith(_EXPORT_PREFIX)}
+
+    def _refresh_export_weights(self, *_):
+        """Copy the live parameters into the export snapshot, if there is one (also a `load_state_dict` post-hook)."""
+        if self.export:
+            self._store_export_weights(export_weights(self.groups, self.gn, self.conv1x1, self.conv3x3))
+
+    def _store_export_weights(self, weights):
+        with torch.no_grad():
+            for name, t in self._export_weights().items():
+                t.copy_(weights[name])
 
     def extra_repr(self):
         """Describe the grouping."""
@@ -133,7 +146,12 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
         """Apply EMA to `x` of shape (B, C, H, W)."""
         if not torch.jit.is_tracing() and x.shape[1] != self.channels:
             raise ValueError(f"EMA was built for {self.channels} channels but got an input with {x.shape[1]}")
-        if weights := self._export_weights():
+        if self.export:
+            if torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+                weights = self._export_weights()  # constants in the graph
+            else:
+                weights = export_weights(self.groups, self.gn, self.conv1x1, self.conv3x3)
+                self._store_export_weights(weights)
             return ema_export_forward(x, self.groups, self.group_channels, self.gn.eps, weights)
         if torch.jit.is_tracing() or torch.compiler.is_exporting() or _observed():
             return ema_forward(x, self.groups, self.gn.eps, *self._params())[0]  # exporters, op observers: plain ops

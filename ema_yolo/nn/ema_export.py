@@ -5,8 +5,9 @@ writes the 3x3 branch as shifted in-place slice additions; traced, that becomes 
 layers with the export size written into them, for runtimes that may have no batch axis of their own (NCNN reads a
 4-D tensor as (C, D, H, W)). Here the groups stay in the channel dimension: every per-group operation is a grouped convolution whose
 weight is the shared per-group weight tiled G times, and a group's channel sum is a grouped 1x1 convolution with
-an all-ones weight, which also broadcasts the sum back to the group's channels. The tiled weights are made once, when
-the export starts (`export_weights`), so every exporter sees them as constants: computed inside the graph, they are
+an all-ones weight, which also broadcasts the sum back to the group's channels. While a graph is traced or exported the tiled
+weights are a snapshot taken from the parameters (`export_weights`), so every exporter sees them as constants: computed
+inside the graph, they are
 activations to LiteRT's int8 quantiser, which then gives a convolution weight a non-zero zero point that TFLite's int8
 convolution kernel refuses. The graph is Conv, ReduceMean, ReduceMax, Abs, Clip, Pow, Sigmoid, Softmax, Mul, Add, Sub
 and a Reshape on each side of the softmax, in the input's dtype; it stays finite in float16 (see the
@@ -19,7 +20,6 @@ import torch.nn.functional as F
 __all__ = ("ema_export_forward", "export_weights")
 
 
-@torch.no_grad()
 def export_weights(groups, gn, conv1x1, conv3x3):
     """The constant tensors of EMA's export forward: the per-group parameters of an `EMA` module tiled over its groups.
 
@@ -30,7 +30,7 @@ def export_weights(groups, gn, conv1x1, conv3x3):
         conv3x3 (nn.Conv2d): 3x3 convolution C / G -> C / G (padding 1) shared by the groups.
 
     Returns:
-        (dict[str, torch.Tensor]): Detached tensors in the layers' dtype, C = G * C / G: `conv1x1` (C, C / G, 1, 1),
+        (dict[str, torch.Tensor]): Tensors in the layers' dtype (differentiable in the parameters), C = G * C / G: `conv1x1` (C, C / G, 1, 1),
             `conv3x3` (C, C / G, 3, 3) and `ones` (C, C / G, 1, 1) grouped-convolution weights; `conv1x1_bias`,
             `conv3x3_bias`, `gn_weight`, `gn_bias` and `softmax_gn_bias` (the first cross-spatial softmax), each
             (1, C, 1, 1).
@@ -43,7 +43,7 @@ def export_weights(groups, gn, conv1x1, conv3x3):
     """
 
     def tile(t):  # a per-group parameter repeated for the G groups along the output channels
-        return t.detach().repeat(groups, *(1,) * (t.dim() - 1)).contiguous()
+        return t.repeat(groups, *(1,) * (t.dim() - 1)).contiguous()
 
     def channels(t):
         return tile(t).view(1, -1, 1, 1)
@@ -71,7 +71,7 @@ def ema_export_forward(x, groups, group_channels, eps, weights):
         groups (int): Channel groups G.
         group_channels (int): Channels per group C / G.
         eps (float): The GroupNorm's epsilon.
-        weights (dict[str, torch.Tensor]): `export_weights` of the module's layers, in the dtype of `x`.
+        weights (dict[str, torch.Tensor]): `export_weights` of the module's layers (cast to `x`'s dtype here).
 
     Returns:
         (torch.Tensor): Output (B, C, H, W), dtype of `x`.
@@ -83,7 +83,8 @@ def ema_export_forward(x, groups, group_channels, eps, weights):
         >>> ema_export_forward(torch.randn(1, 64, 8, 8), m.groups, m.group_channels, m.gn.eps, w).shape
         torch.Size([1, 64, 8, 8])
     """
-    g, cg, w = groups, group_channels, weights  # Python ints: the reshapes below stay static in dynamic-shape exports
+    g, cg = groups, group_channels  # Python ints: the reshapes below stay static in dynamic-shape exports
+    w = {name: t.to(x.dtype) for name, t in weights.items()}
 
     def conv(inp, name, **kwargs):  # grouped conv; the bias added apart: X2Paddle needs a constant convolution bias
         return F.conv2d(inp, w[name], groups=g, **kwargs) + w[f"{name}_bias"]
