@@ -43,6 +43,11 @@ def ema_groups(channels, factor=32):
     return next(g for g in range(min(factor, channels), 0, -1) if channels % g == 0)
 
 
+def _traced():
+    """True while a graph is being traced or exported (`torch.jit.trace`, `torch.export`, ONNX)."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
 def _observed():
     """True outside torch.compile while a Python dispatch mode watches the ATen ops (a FLOP counter, a debug mode)."""
     return not torch.compiler.is_compiling() and is_in_torch_dispatch_mode()
@@ -147,13 +152,13 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
         if not torch.jit.is_tracing() and x.shape[1] != self.channels:
             raise ValueError(f"EMA was built for {self.channels} channels but got an input with {x.shape[1]}")
         if self.export:
-            if torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+            if _traced():
                 weights = self._export_weights()  # constants in the graph
             else:
                 weights = export_weights(self.groups, self.gn, self.conv1x1, self.conv3x3)
                 self._store_export_weights(weights)
             return ema_export_forward(x, self.groups, self.group_channels, self.gn.eps, weights)
-        if torch.jit.is_tracing() or torch.compiler.is_exporting() or _observed():
+        if _traced() or _observed():
             return ema_forward(x, self.groups, self.gn.eps, *self._params())[0]  # exporters, op observers: plain ops
         if torch.compiler.is_compiling() or choose_path(self, x) == "operator":
             return self._operator(x)

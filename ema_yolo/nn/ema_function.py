@@ -89,9 +89,15 @@ CACHE_BYTES = 2**23
 def _chunks(z):
     """Chunk slices of group-samples z (n, cg, h, w): one chunk off the CPU or when z fits `CACHE_BYTES`, else chunks
     of `CHUNK_BYTES`; and the largest chunk's size."""
-    n, item_bytes = z.shape[0], z[0].numel() * z.element_size() if len(z) else 0
+    n, item_bytes = z.shape[0], z.shape[1:].numel() * z.element_size()
     k = max(1, n if z.device.type != "cpu" or n * item_bytes <= CACHE_BYTES else CHUNK_BYTES // item_bytes)
     return [slice(i, min(n, i + k)) for i in range(0, max(n, 1), k)], min(n, k)  # an empty batch: one empty chunk
+
+
+def _gate_product(z, gate_h, gate_w, scratch=None):
+    """t = z * g_h * g_w for z (k, cg, h, w), written into `scratch` (at least z's size) when given."""
+    out = None if scratch is None else scratch.view(-1)[: z.numel()].view(z.shape)
+    return torch.mul(z, gate_h.unsqueeze(-1), out=out).mul_(gate_w.unsqueeze(-2))
 
 
 def _forward_chunk(z, eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel, out=None, scratch=None):
@@ -111,8 +117,7 @@ def _forward_chunk(z, eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel, out=None, scr
 
     # GroupNorm(cg, cg) of t = z * g_h * g_w: its centred values d = t - mean (two-pass variance); the normalised
     # xhat = d * rstd is never formed, rstd is folded into the channel weights below.
-    d = torch.mul(z, gate_h.unsqueeze(-1), out=None if scratch is None else scratch.view(-1)[: z.numel()].view(z.shape))
-    d.mul_(gate_w.unsqueeze(-2))
+    d = _gate_product(z, gate_h, gate_w, scratch)
     mean = d.mean((2, 3))
     d.sub_(mean.view(k, cg, 1, 1))
     rstd = torch.rsqrt(torch.linalg.vector_norm(d, dim=(2, 3)).square_() / hw + eps)  # (k, cg)
@@ -322,8 +327,7 @@ def _backward_chunk(go, z, mean, gates, sig, s2, rstd, taps, pooled, s1, kernel,
     d_sum = dm.sum((1, 2))  # (k,)
 
     # The centred product d = t - mean, recomputed into the scratch (the forward kept only its statistics).
-    d = torch.mul(z, gate_h.unsqueeze(-1), out=scratch.view(-1)[: z.numel()].view(z.shape))
-    d.mul_(gate_w.unsqueeze(-2)).sub_(mean.view(k, cg, 1, 1))
+    d = _gate_product(z, gate_h, gate_w, scratch).sub_(mean.view(k, cg, 1, 1))
 
     # GroupNorm branch, m += sum_k s2[k] (gamma[k] xhat[k] + beta[k]) with xhat = d * rstd: GroupNorm's backward with
     # dy[k] = s2[k] dm. sum_p dm * xhat[k]; batched matrix-vector products run several times faster with the vector on
