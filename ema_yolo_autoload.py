@@ -1,4 +1,5 @@
-"""Run `ema_yolo.register()` right after `ultralytics.nn.tasks` executes, in any interpreter.
+"""Run `ema_yolo.register()` right after `ultralytics.nn.tasks` (and again after `ultralytics.engine.trainer`) executes,
+in any interpreter.
 
 Ultralytics has no plugin hook and builds models by looking names up in that module's globals, so the names must be
 there before the first model is parsed: by the stock `yolo` command, the Python API, or a multi-GPU worker that
@@ -11,7 +12,7 @@ import sys
 
 __all__ = ("install_import_hook",)
 
-TARGET = "ultralytics.nn.tasks"
+TARGETS = ("ultralytics.nn.tasks", "ultralytics.engine.trainer")  # the model parser; the trainer (`freeze`)
 
 
 def _register_safely():
@@ -44,10 +45,10 @@ class _RegisteringLoader:
 
 
 class _TasksFinder:
-    """Find `ultralytics.nn.tasks` with the other finders and hand back its spec with a registering loader."""
+    """Find the `TARGETS` modules with the other finders and hand back their specs with a registering loader."""
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != TARGET:
+        if fullname not in TARGETS:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -64,10 +65,11 @@ class _TasksFinder:
 
 
 def install_import_hook():
-    """Register now if Ultralytics' model parser is loaded, else once it is (idempotent)."""
-    if TARGET in sys.modules:
+    """Register now if Ultralytics' model parser is loaded, and once each target module that is not loaded yet is
+    (idempotent)."""
+    if TARGETS[0] in sys.modules:
         _register_safely()
-    elif not any(isinstance(f, _TasksFinder) for f in sys.meta_path):
+    if not all(t in sys.modules for t in TARGETS) and not any(isinstance(f, _TasksFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _TasksFinder())
 
 

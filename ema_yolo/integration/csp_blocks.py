@@ -98,7 +98,7 @@ def _check(parse_model):
             stock = parse_model(rows("C3k2"), ch=3, verbose=False)[0][1]
             parsed = parse_model(_as_stock(rows("C3k2EMA"), {1: C3k2EMA}), ch=3, verbose=False)
             built = C3k2EMA.from_stock(parsed[0][1])
-            shapes = [(k, v.shape) for k, v in built.state_dict().items() if ".attn." not in k]
+            shapes = [(k, v.shape) for k, v in built.state_dict().items() if ".attn." not in k and "_extra_state" not in k]
             bottlenecks = sum(type(m) is Bottleneck for m in stock.modules())
             attended = sum(isinstance(m, AttnBottleneck) for m in built.modules())
             # multiples of 32: EMA logs nothing

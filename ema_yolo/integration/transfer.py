@@ -12,15 +12,14 @@ architecture (resume, a trained EMA model into its own YAML) goes to the stock m
 
 import copy
 import functools
-import os
 import weakref
 
 import torch
 from torch import nn
 
-__all__ = ("TransferReport", "align_layers", "install", "near_identity", "transfer_report")
+from . import start
 
-INIT_ENV = "EMA_YOLO_INIT"  # "identity": inserted attention layers start close to identity (see `near_identity`)
+__all__ = ("TransferReport", "align_layers", "install", "transfer_report")
 
 
 def _sources(layer, index):
@@ -174,31 +173,6 @@ def _reindexed(src_model, mapping, length):
     return view
 
 
-def near_identity(layer, logit=2.0):
-    """Start an EMA layer close to identity: its output is `x * sigmoid(2 * logit)` (0.982 for the default 2).
-
-    The published EMA multiplies its input by `sigmoid(weights)`, where `weights` mixes the GroupNorm branch and the
-    3x3 branch through softmax-weighted sums. With both branches constant (GroupNorm scale 0 and shift `logit`, 3x3
-    kernel 0 and bias `logit`), every softmax is uniform and `weights = 2 * logit` at every pixel. The 1x1 convolution
-    keeps its initialisation; parameter names and shapes are unchanged, so the state dict keeps the published layout.
-    The sigmoid's slope at `2 * logit` (0.018 for the default) scales every gradient the layer gets, so a larger logit
-    starts closer to identity but learns more slowly; the 1x1 convolution gets gradients once the GroupNorm scale moved.
-
-    Args:
-        layer (ema_yolo.nn.EMA): The layer to re-initialise, in place.
-        logit (float): Constant pre-sigmoid value of each branch.
-
-    Returns:
-        (ema_yolo.nn.EMA): `layer`.
-    """
-    with torch.no_grad():
-        layer.gn.weight.zero_()
-        layer.gn.bias.fill_(logit)
-        layer.conv3x3.weight.zero_()
-        layer.conv3x3.bias.fill_(logit)
-    return layer
-
-
 def _wrap_load(load):
     """Wrap `BaseModel.load` with the structural transfer; same-architecture loads call `load` unchanged."""
 
@@ -212,25 +186,27 @@ def _wrap_load(load):
             return load(self, weights, verbose)
         mapping = align_layers(src_layers, dst_layers)
         src_state = {k: v.float() for k, v in src_model.state_dict().items() if v.is_floating_point()}
-        if len(src_layers) == len(dst_layers) and all(mapping.get(i) == i for i in range(len(src_layers))):
-            result = load(self, weights, verbose)  # same architecture: exactly Ultralytics' behaviour
-            _reports[self] = TransferReport(src_model, self, mapping, src_state)
-            return result
-        result = load(self, _reindexed(src_model, mapping, len(dst_layers)), verbose=False)
+        same = len(src_layers) == len(dst_layers) and all(mapping.get(i) == i for i in range(len(src_layers)))
+        source = src_model if same else _reindexed(src_model, mapping, len(dst_layers))
+        result = load(self, weights, verbose) if same else load(self, source, verbose=False)  # same: Ultralytics' own
         report = _reports[self] = TransferReport(src_model, self, mapping, src_state)
         placeholder = {i: str(i) for i in range(len(getattr(src_model, "names", {})))}
-        if report.tensors[0] == report.tensors[1] and getattr(self, "names", None) == placeholder:
+        if not same and report.tensors[0] == report.tensors[1] and getattr(self, "names", None) == placeholder:
             self.names = dict(src_model.names)  # as the stock load does when every tensor lands
-        _initialise_new_layers(self, report)
-        if verbose:
+        provided = source.state_dict()
+        new_keys = {k for k, v in self.state_dict().items() if k not in provided or provided[k].shape != v.shape}
+        started = start.start_new_layers(self, new_keys)
+        if verbose and (not same or str(started)):
             from ultralytics.utils import LOGGER
 
-            LOGGER.info(str(report))
+            LOGGER.info("; ".join(t for t in (str(report) if not same else "", str(started)) if t))
             if report.body_share < 0.5:
                 LOGGER.warning(
                     f"Only {report.body_share:.0%} of the checkpoint's values outside the detection head landed in this "
                     f"model: is it the same family and scale as the model YAML?"
                 )
+            for index, why in started.published:
+                LOGGER.warning(f"model.{index}: no function-preserving start, {why}; it starts as published")
         return result
 
     wrapper.ema_yolo_wrapped = load
@@ -241,26 +217,8 @@ def _is_ultralytics_sequence(layers):
     return isinstance(layers, nn.Sequential) and len(layers) > 0 and all(hasattr(m, "f") and hasattr(m, "type") for m in layers)
 
 
-def _initialise_new_layers(model, report):
-    """Apply the opt-in initialisation named by the `EMA_YOLO_INIT` environment variable to the new EMA layers.
-
-    Raises:
-        ValueError: If the variable holds anything but 'identity', 'default' or nothing, and a new EMA layer exists.
-    """
-    from ..nn import EMA
-
-    layers = [model.model[index] for index, _ in report.new_layers if isinstance(model.model[index], EMA)]
-    choice = os.environ.get(INIT_ENV, "").strip().lower()
-    if not layers or choice in ("", "default"):
-        return
-    if choice != "identity":
-        raise ValueError(f"{INIT_ENV}={choice!r}: expected 'identity' or 'default'")
-    for layer in layers:
-        near_identity(layer)
-
-
 def _check_load_path(tasks):
-    """Load a three-layer model into one with an inserted SE through `BaseModel.load`: fail loudly if it misses."""
+    """Load a three-layer model into one with an inserted layer through `BaseModel.load`: fail loudly if it misses."""
     def build(rows):
         model = tasks.BaseModel()
         d = {"nc": 1, "backbone": rows, "head": []}
@@ -268,7 +226,7 @@ def _check_load_path(tasks):
         return model
 
     conv = [-1, 1, "Conv", [8, 3, 2]]
-    src, dst = build([conv, conv, conv]), build([conv, [-1, 1, "SE", ["c2"]], conv, conv])
+    src, dst = build([conv, conv, conv]), build([conv, [-1, 1, "Conv", [8, 1, 1]], conv, conv])  # an inserted 1x1
     with torch.no_grad():
         for p in src.parameters():
             p.uniform_()

@@ -13,16 +13,19 @@ Four facts about Ultralytics 8.4 drive this module:
   a wrapper adds the YAMLs shipped with ema-yolo for bare file names.
 - Every pretrained load (`YOLO(yaml).load(pt)`, `pretrained=PATH` in the CLI, the Python API and DDP workers) goes
   through `BaseModel.load`, which matches tensors by index; `transfer` wraps it to align layers structurally.
+- The trainer turns an integer `freeze` into layer-index prefixes of the model it trains; `freeze` wraps the trainer
+  so that they count the stock model's layers (it is patched once `ultralytics.engine.trainer` has executed).
 """
 
 import functools
 import os
+import sys
 from pathlib import Path
 
 import torch
 
 from ..nn import CA, CBAM, EMA, SE
-from . import csp_blocks, graph_widths, transfer
+from . import csp_blocks, freeze, graph_widths, transfer
 
 __all__ = ("YAML_LAYERS", "model_cfg_dir", "register", "resolve_model_cfg")
 
@@ -121,6 +124,9 @@ def register():
     csp_blocks.install(tasks)
     if not hasattr(checks.check_file, "ema_yolo_wrapped"):
         checks.check_file = _with_packaged_cfgs(checks.check_file)
+    trainer = sys.modules.get("ultralytics.engine.trainer")
+    if hasattr(trainer, "BaseTrainer"):  # else not imported yet, or executing now: the import hook comes back after it
+        freeze.install(trainer)
     if _export_mode not in default_callbacks["on_export_start"]:
         default_callbacks["on_export_start"].append(_export_mode)
     torch.serialization.add_safe_globals(list(YAML_LAYERS.values()))

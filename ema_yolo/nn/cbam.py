@@ -33,6 +33,20 @@ class CBAM(nn.Module, metaclass=GraphArgsMeta):
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=False)
         self.spatial = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
+    def constant_gate_(self):
+        """Make both gates a constant 0.5 (zero `fc2` and `spatial`), so the layer computes `0.25 * x`; in place.
+
+        The function-preserving start of a layer inserted into a pretrained network (`ema_yolo.integration.start`).
+        `fc2` and `spatial` get gradients from the first step; `fc1` once `fc2` has moved.
+
+        Returns:
+            (float): The constant gain, 0.25.
+        """
+        with torch.no_grad():
+            self.fc2.weight.zero_()
+            self.spatial.weight.zero_()
+        return 0.25
+
     def forward(self, x):
         """Gate the channels, then the positions, of `x`."""
         avg, mx = x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)

@@ -33,6 +33,21 @@ class CA(nn.Module, metaclass=GraphArgsMeta):
         self.conv_h = nn.Conv2d(hidden, channels, 1)
         self.conv_w = nn.Conv2d(hidden, channels, 1)
 
+    def constant_gate_(self):
+        """Make both gates a constant 0.5 (zero `conv_h` and `conv_w`), so the layer computes `0.25 * x`; in place.
+
+        The function-preserving start of a layer inserted into a pretrained network (`ema_yolo.integration.start`).
+        `conv_h` and `conv_w` get gradients from the first step; `conv1` and `bn1` once those have moved.
+
+        Returns:
+            (float): The constant gain, 0.25.
+        """
+        with torch.no_grad():
+            for conv in (self.conv_h, self.conv_w):
+                conv.weight.zero_()
+                conv.bias.zero_()
+        return 0.25
+
     def forward(self, x):
         """Gate `x` by its row and column attention maps."""
         h = x.shape[2]

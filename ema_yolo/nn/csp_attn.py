@@ -39,14 +39,37 @@ class AttnBottleneck(Bottleneck):
         torch.Size([1, 64, 8, 8])
     """
 
+    gain = 1.0  # the attention output's factor: 1 (published) unless a function-preserving start set it
+
     def __init__(self, c1, c2, shortcut=True, g=1, k=(3, 3), e=0.5, attn="ema"):
         super().__init__(c1, c2, shortcut, g, k, e)
         self.attn = create_attn(attn, c2)
 
     def forward(self, x):
-        """Residual branch cv1 -> cv2 -> attention, then the stock shortcut add."""
+        """Residual branch cv1 -> cv2 -> attention (times `gain`), then the stock shortcut add."""
         y = self.attn(self.cv2(self.cv1(x)))
+        if self.gain != 1.0:  # a Python float: no op in the graph of a block trained from scratch
+            y = y * self.gain
         return x + y if self.add else y
+
+    def preserving_start_(self):
+        """Start the attention as a constant gate g and set `gain` to 1 / g, so the block computes the stock
+        bottleneck exactly; in place. The function-preserving start of a fine-tune from a stock checkpoint
+        (`ema_yolo.integration.start`): the shortcut add cannot absorb the factor, so the block keeps it.
+
+        Returns:
+            (float): The gain set (2 for EMA and SE, 4 for CBAM and CA, whose two gates start at 0.5 each).
+        """
+        self.gain = 1.0 / self.attn.constant_gate_()
+        return self.gain
+
+    def get_extra_state(self):
+        """`gain` travels in the state dict (as `<block>._extra_state`), so a fine-tuned block reloads exactly."""
+        return torch.tensor(float(self.gain))
+
+    def set_extra_state(self, state):
+        """Restore `gain` from `get_extra_state`'s tensor."""
+        self.gain = float(state)
 
 
 def add_attention(module, attn):

@@ -177,6 +177,24 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
         gn, conv1x1, conv3x3 = self.gn, self.conv1x1, self.conv3x3
         return gn.weight, gn.bias, conv1x1.weight, conv1x1.bias, conv3x3.weight, conv3x3.bias
 
+    def constant_gate_(self):
+        """Make the gate a constant 0.5 everywhere, so the layer computes `0.5 * x`; in place.
+
+        The function-preserving start of a layer inserted into a pretrained network (`ema_yolo.integration.start`),
+        whose readers absorb the factor. The GroupNorm scale and shift and the 3x3 kernel and bias are zeroed: both
+        branches are then 0 at every pixel, every softmax is uniform and the pre-sigmoid weights are 0, where the
+        sigmoid is steepest (slope 0.25). The GroupNorm scale and shift and the 3x3 convolution get gradients from the
+        first step; the 1x1 convolution, which only acts through the GroupNorm scale, gets them once that has moved.
+
+        Returns:
+            (float): The constant gate, 0.5 (`forward(x) == 0.5 * x`).
+        """
+        with torch.no_grad():
+            for t in (self.gn.weight, self.gn.bias, self.conv3x3.weight, self.conv3x3.bias):
+                t.zero_()
+        self._refresh_export_weights()
+        return 0.5
+
     def spatial_weights(self, x):
         """Return the per-pixel sigmoid weights EMA multiplies each channel group of `x` by (the paper's Fig. 1 output).
 

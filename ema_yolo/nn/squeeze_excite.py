@@ -1,5 +1,6 @@
 """Squeeze-and-Excitation channel attention (Hu et al., CVPR 2018, arXiv 1709.01507)."""
 
+import torch
 from torch import nn
 
 from .graph_args import GraphArgsMeta
@@ -28,6 +29,20 @@ class SE(nn.Module, metaclass=GraphArgsMeta):
         self.fc1 = nn.Conv2d(channels, hidden, 1)
         self.act = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(hidden, channels, 1)
+
+    def constant_gate_(self):
+        """Make the gate a constant 0.5 (zero `fc2`), so the layer computes `0.5 * x`; in place.
+
+        The function-preserving start of a layer inserted into a pretrained network (`ema_yolo.integration.start`).
+        `fc2` gets gradients from the first step; `fc1` once `fc2` has moved.
+
+        Returns:
+            (float): The constant gate, 0.5.
+        """
+        with torch.no_grad():
+            self.fc2.weight.zero_()
+            self.fc2.bias.zero_()
+        return 0.5
 
     def forward(self, x):
         """Gate the channels of `x`."""
