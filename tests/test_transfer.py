@@ -1,7 +1,9 @@
 """Stock checkpoints into models with inserted attention rows: every stock tensor lands, through the stock entry points.
 
 The stock checkpoints have random tensors (conftest.py). The expected layer mapping is derived independently of
-the code under test: the target's layers minus its attention rows are, in order, the stock model's layers.
+the code under test: the target's layers minus its attention rows are, in order, the stock model's layers. Tensor
+identity is checked with the published start (`EMA_YOLO_START=published`), under which nothing but the load touches
+a tensor; the default function-preserving start is tested in test_start.py.
 """
 
 import logging
@@ -14,9 +16,9 @@ import pytest
 import torch
 
 import ema_yolo
-from ema_yolo.integration import transfer
+from ema_yolo.integration import start, transfer
 from ema_yolo.integration.ultralytics import YAML_LAYERS
-from ema_yolo.nn import EMA, EMAReference
+from ema_yolo.nn import EMA
 
 ATTENTION = tuple(YAML_LAYERS.values())
 
@@ -54,8 +56,13 @@ PAIRS = [("yolov8s", "yolov8s-ema"), ("yolov5su", "yolov5s-ema"), ("yolo11s", "y
          ("yolov8n", "yolov8n-cbam"), ("yolov8n", "yolov8n-ca"), ("yolov8n", "yolov8n-se")]
 
 
+@pytest.fixture
+def published_start(monkeypatch):
+    monkeypatch.setenv(start.START_ENV, "published")
+
+
 @pytest.mark.parametrize("source, target", PAIRS)
-def test_every_stock_tensor_lands_and_inserted_layers_keep_their_init(stock, source, target):
+def test_every_stock_tensor_lands_and_inserted_layers_keep_their_init(stock, source, target, published_start):
     from ultralytics import YOLO
 
     torch.manual_seed(3)
@@ -135,7 +142,7 @@ def ultralytics_log():
     logger.removeHandler(handler)
 
 
-def test_report_line_partial_transfer_and_wrong_family(stock, ultralytics_log):
+def test_report_line_partial_transfer_and_wrong_family(stock, ultralytics_log, published_start):
     from ultralytics import YOLO
 
     YOLO("yolov8n-ema.yaml").load(stock["yolov8n"])
@@ -172,7 +179,7 @@ def test_attention_checkpoint_into_the_stock_yaml_drops_only_the_attention(train
 
 
 @pytest.mark.parametrize("source, target", PAIRS)
-def test_pretrained_path_through_the_training_api(stock, tiny_dataset, tmp_path, source, target):
+def test_pretrained_path_through_the_training_api(stock, tiny_dataset, tmp_path, source, target, published_start):
     # `yolo train model=Y pretrained=P` runs YOLO(Y).train(pretrained=P): the model the trainer is about to train
     # holds every stock tensor but the 80-class head's last convolutions (the data has 3 classes).
     from ultralytics import YOLO
@@ -225,35 +232,11 @@ def test_self_check_fails_loudly_if_the_loading_path_changes(monkeypatch):
         ema_yolo.register()
 
 
-def test_near_identity_start(stock, monkeypatch):
-    from ultralytics import YOLO
-
-    layer = transfer.near_identity(EMA(64))
-    reference = EMAReference(64)
-    reference.load_state_dict(layer.state_dict())
-    x = torch.randn(2, 64, 12, 10, dtype=torch.float64)
-    layer, reference = layer.double(), reference.double()
-    expected = x * torch.sigmoid(torch.tensor(4.0, dtype=torch.float64))  # sigmoid(2 * logit), logit = 2
-    torch.testing.assert_close(reference(x), expected)
-    out = layer(x.requires_grad_())
-    torch.testing.assert_close(out, expected)
-    out.square().sum().backward()
-    assert layer.gn.weight.grad.abs().sum() > 0 and layer.conv3x3.weight.grad.abs().sum() > 0
-
-    monkeypatch.setenv(transfer.INIT_ENV, "identity")
-    model = YOLO("yolov8n-ema.yaml").load(stock["yolov8n"]).model
-    for ema in (m for m in model.modules() if isinstance(m, EMA)):
-        assert torch.equal(ema.gn.weight, torch.zeros_like(ema.gn.weight)) and bool((ema.conv3x3.bias == 2).all())
-    monkeypatch.setenv(transfer.INIT_ENV, "identiy")
-    with pytest.raises(ValueError, match="EMA_YOLO_INIT='identiy'"):
-        YOLO("yolov8n-ema.yaml").load(stock["yolov8n"])
-
-
-def test_registration_is_silent_and_independent_of_the_init_variable(tmp_path):
-    # The self-checks run at every `import ultralytics`: they must not log, and a typo in EMA_YOLO_INIT must only
+def test_registration_is_silent_and_independent_of_the_start_variable(tmp_path):
+    # The self-checks run at every `import ultralytics`: they must not log, and a typo in EMA_YOLO_START must only
     # fail the load that would use it, never the registration.
     code = "from ultralytics import YOLO; YOLO('yolov8n.yaml'); YOLO('yolov8n-ema.yaml')"
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, transfer.INIT_ENV: "identiy"})
+                          env={**os.environ, start.START_ENV: "publishd"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "EMA:" not in proc.stdout + proc.stderr and "ema-yolo" not in proc.stdout + proc.stderr

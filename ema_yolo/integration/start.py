@@ -217,8 +217,6 @@ def start_new_layers(model, new_keys):
     Raises:
         ValueError: If a new attention layer exists and `EMA_YOLO_START` is invalid (`start_choice`).
     """
-    from ..nn.csp_attn import AttnBottleneck
-
     attention, report = _attention_types(), StartReport()
     names = {m: n for n, m in model.named_modules()}
 
@@ -226,7 +224,8 @@ def start_new_layers(model, new_keys):
         keys = [f"{names[module]}.{k}" for k in module.state_dict()]
         return bool(keys) and all(k in new_keys for k in keys)
 
-    blocks = [b for b in model.modules() if isinstance(b, AttnBottleneck) and new(b.attn)]
+    # blocks with attention inside (`csp_attn.AttnBottleneck`, which imports Ultralytics: known by its method here)
+    blocks = [b for b in model.modules() if hasattr(b, "preserving_start_") and new(b.attn)]
     rows = [j for j, layer in enumerate(model.model) if isinstance(layer, attention) and new(layer)]
     if not (blocks or rows) or start_choice() == "published":
         return report
