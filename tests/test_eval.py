@@ -140,7 +140,9 @@ def test_undefined_ap_is_null_as_in_pycocotools(tmp_path, monkeypatch, capsys):
         _assert_summary_equals_pycocotools(ours, direct)
         assert ours["APl"] is None and ours["ARl"] is None
         visdrone = evaluate(gt, predictions, "visdrone")
-        assert visdrone["per_class"] == pytest.approx(oracle) and visdrone["AP"] == pytest.approx(expected_ap)
+        # the toolkit's mean2 over evalClass weighs a class by its images: 'a' is in one image, 'c' in two
+        toolkit_ap = (oracle["a"] + 2 * oracle["c"]) / 3
+        assert visdrone["per_class"] == pytest.approx(oracle) and visdrone["AP"] == pytest.approx(toolkit_ap)
     # VisDrone: every detection inside an ignored region leaves none to score; classes present are missed, 'b' undefined
     ignored = load_ground_truth(_dataset(tmp_path / "ig", {"1": (200, 160, boxes[1])}, ("a", "b", "c"), {"1": [(150, 0, 50, 50)]}))
     missed = evaluate(ignored, [_det(1, 1, (160, 5, 20, 20))], "visdrone")
@@ -197,3 +199,65 @@ def test_model_path_and_predictions_path_agree(trained_checkpoint, tiny_dataset,
     for key in from_file:
         if key != "per_class":
             assert from_model[key] == pytest.approx(from_file[key], abs=1e-9), key
+
+
+# ---- the VisDrone2019-DET toolkit's rules (ema_yolo.eval.visdrone_toolkit), each case worked out from its code ----
+VISDRONE_NAMES = ("pedestrian", "people", "bicycle", "car", "van", "truck", "tricycle", "awning-tricycle", "bus", "motor")
+
+
+def test_visdrone_drops_ignored_before_the_500_cap(tmp_path):
+    # saveAnnoRes drops detections in ignored regions first, calcAccuracy caps at the first 500 rows after that: 500
+    # confident boxes wholly inside an ignored region cost nothing, and the writer leaves them out before capping.
+    images = {"5": (400, 300, [(0, 20, 20, 40, 40), (1, 100, 150, 30, 30)])}
+    data = _dataset(tmp_path, images, names=VISDRONE_NAMES, ignored={"5": [(200, 0, 200, 300)]})
+    perfect = [_det(5, 0, (20, 20, 40, 40), 0.5), _det(5, 1, (100, 150, 30, 30), 0.5)]
+    inside = [_det(5, i % 2, (210 + i % 17 * 10, 5 + i // 17 * 9, 8, 8), 0.9) for i in range(500)]
+    metrics = evaluate(load_ground_truth(data), inside + perfect, "visdrone")
+    assert metrics["AP"] == 1.0 and metrics["AR500"] == 1.0
+    (tmp_path / "p.json").write_text(json.dumps(inside + perfect))
+    assert cli(["eval", "--data", str(data), "--predictions", str(tmp_path / "p.json"), "--protocol", "visdrone",
+                "--save-visdrone", str(tmp_path / "results")]) == 0
+    rows = np.loadtxt(tmp_path / "results" / "5.txt", delimiter=",", ndmin=2)
+    assert rows[:, :4].tolist() == [[20, 20, 40, 40], [100, 150, 30, 30]]
+
+
+def test_visdrone_half_inside_is_dropped_after_matlab_rounding(tmp_path):
+    # dropObjectsInIgr: region max(1, [52 1 48 99]) fills MATLAB rows 1..100, columns 52..100 of the 100x100 image.
+    # A 20x20 box at MATLAB (x, y) covers the integral-image columns x+1..x+20: x = 41 -> 10 of 20 columns inside,
+    # share 0.5 -> dropped (the toolkit keeps < 0.5 only); x = 40 -> 0.45 -> kept. round() is MATLAB's (halves away
+    # from zero): 40.5 -> 41, dropped, where round-half-even would give 40 and keep it.
+    data = _dataset(tmp_path, {"1": (100, 100, [(0, 2, 60, 20, 20)])}, ignored={"1": [(52, 1, 48, 99)]})
+    gt = load_ground_truth(data)
+    true_positive = _det(1, 0, (2, 60, 20, 20), 0.5)
+    for left, kept in ((41, False), (40.5, False), (40, True), (39.5, True)):
+        ap = evaluate(gt, [_det(1, 0, (left, 11, 20, 20), 0.9), true_positive], "visdrone")["AP"]
+        # kept: a false positive ranked first -> rec [0, 1], prec [0, 0.5] -> VOCap = 0.5 at every IoU threshold
+        assert ap == (0.5 if kept else 1.0), left
+    # ground truth is dropped by the same rule: an object half inside is not expected, missing it costs nothing
+    hidden = load_ground_truth(_dataset(tmp_path / "g", {"1": (100, 100, [(0, 2, 60, 20, 20), (0, 41, 11, 20, 20)])},
+                                        ignored={"1": [(52, 1, 48, 99)]}))
+    assert evaluate(hidden, [true_positive], "visdrone")["AP"] == 1.0
+
+
+def test_visdrone_ap_is_vocap_all_point(tmp_path):
+    # Two objects; detections TP 0.9, FP 0.8, TP 0.7 -> rec [.5 .5 1], prec [1 .5 2/3]. VOCap (all-point):
+    # 0.5 * 1 + 0.5 * 2/3 = 5/6. pycocotools' 101-point interpolation gives (51 + 50 * 2/3) / 101 instead.
+    gt = load_ground_truth(_dataset(tmp_path, {"1": (200, 200, [(0, 10, 10, 30, 30), (0, 100, 100, 30, 30)])}))
+    predictions = [_det(1, 0, (10, 10, 30, 30), 0.9), _det(1, 0, (150, 10, 30, 30), 0.8), _det(1, 0, (100, 100, 30, 30), 0.7)]
+    assert evaluate(gt, predictions, "visdrone")["AP"] == pytest.approx(5 / 6, abs=1e-12)
+    assert evaluate(gt, predictions, "coco")["AP"] == pytest.approx((51 + 50 * 2 / 3) / 101, abs=1e-12)
+
+
+def test_visdrone_result_files_cap_the_first_500_rows_in_file_order(tmp_path):
+    # calcAccuracy reads det(1:min(end, 500), :) across classes, in the file's order, whatever the scores: a true
+    # positive of class 'a' in row 501, behind 500 low-score false positives of class 'b', is never seen.
+    data = _dataset(tmp_path, {"1": (1000, 1000, [(0, 500, 500, 50, 50), (1, 900, 900, 50, 50)])}, names=VISDRONE_NAMES)
+    (tmp_path / "r").mkdir()
+    false = "".join(f"{10 + i % 40 * 20},{10 + i // 40 * 30},15,15,0.1,2,-1,-1\n" for i in range(500))
+    true = "500,500,50,50,0.9,1,-1,-1\n900,900,50,50,0.9,2,-1,-1\n"
+    for order, expected in ((false + true, {"pedestrian": 0.0, "people": 0.0}), (true + false, {"pedestrian": 1.0})):
+        (tmp_path / "r" / "1.txt").write_text(order)
+        assert cli(["eval", "--data", str(data), "--visdrone-results", str(tmp_path / "r"), "--protocol", "visdrone",
+                    "--json", str(tmp_path / "m.json")]) == 0
+        per_class = json.loads((tmp_path / "m.json").read_text())["per_class"]
+        assert {k: per_class[k] for k in expected} == pytest.approx(expected)
