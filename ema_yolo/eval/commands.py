@@ -7,6 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..cli import HelpFormatter
 from ..models import ModelError, open_model
 from .protocols import EvalError, evaluate, load_ground_truth, match_classes
 from .results import read_visdrone_results, save_results
@@ -89,7 +90,7 @@ def format_table(metrics, protocol):
 def main(argv=None):
     """Command line."""
     parser = argparse.ArgumentParser(prog="ema-yolo eval", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--data", required=True, help="Ultralytics dataset YAML")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="checkpoint, model YAML or exported model (classes matched to the data's by name)")
