@@ -15,22 +15,25 @@ from .results import read_visdrone_results, save_results
 
 @contextlib.contextmanager
 def _quiet_ultralytics():
-    """Keep stdout for our own output (`--json -`) and Ultralytics' validator to its progress bar (on stderr).
+    """Keep stdout for our own output (`--json -`), and of Ultralytics' validator only its progress bar (on stderr).
 
-    Its own log lines are not this command's: its metrics table and "Results saved to" a folder deleted afterwards,
-    its label warnings (printed by `load_ground_truth` instead) and its "Skipping labels" (classes are matched by name).
+    Its log lines are not this command's: its own metrics table, "Results saved to" a folder deleted afterwards, its
+    label warnings (`load_ground_truth` prints them) and "Skipping labels" (classes are matched by name here). A
+    filter, not the log level, drops them: the level also switches its progress bar off.
     """
     import logging
 
     from ultralytics.utils import LOGGER
 
-    level = LOGGER.level
-    LOGGER.setLevel(logging.ERROR)
+    def errors_only(record):
+        return record.levelno >= logging.ERROR
+
+    LOGGER.addFilter(errors_only)
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
     finally:
-        LOGGER.setLevel(level)
+        LOGGER.removeFilter(errors_only)
 
 
 def model_predictions(model, data, protocol="coco", imgsz=640, split="val", device=None, batch=16, gt=None):
