@@ -1,5 +1,6 @@
 """`ema-yolo` command line: `demo`, `bench`, and `yolo` (the stock Ultralytics command with EMA registered)."""
 
+import argparse
 import sys
 
 USAGE = """usage: ema-yolo COMMAND [ARGS]
@@ -17,6 +18,15 @@ commands:
   yolo     the stock `yolo` command with ema-yolo registered, for interpreters that skip .pth files
            (e.g. `ema-yolo yolo train model=yolov8n-ema.yaml data=coco8.yaml`)
 """
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every sub-command's `-h`: each option's default where it has one (not for None, False or required options)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.required:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def main(argv=None):

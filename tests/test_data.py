@@ -144,9 +144,10 @@ def test_coco_round_trip_standard_and_custom_ids(tmp_path):
     convert_coco(tmp_path / "std" / "annotations.json", tmp_path / "std" / "images", tmp_path / "std_out", "coco80")
     coco80 = {1: 0, 3: 2, 44: 39}  # COCO 91-ids -> 80-class indices (person, car, bottle)
     _assert_labels(tmp_path / "std_out" / "labels", truth, class_of=coco80.__getitem__)
-    for stem, t in truth.items():
-        crowd_file = tmp_path / "std_out" / "ignored" / f"{stem}.txt"
-        assert crowd_file.exists() == bool(t["crowd"])
+    record = json.loads((tmp_path / "std_out" / "coco_ids.json").read_text())
+    for stem, t in truth.items():  # crowd boxes recorded with their class and area, as pycocotools needs them
+        assert record["crowd"].get(f"{stem}.jpg", []) == [[0, *box, box[2] * box[3]] for box in t["crowd"]]
+        assert record["areas"][f"{stem}.jpg"] == [w * h for *_, w, h in t["objects"]]
     custom = {42: "kite", 7: "boat", 13: "sign"}  # any ids, any order -> ascending ids map to 0..n-1
     truth = make_coco_raw(tmp_path / "custom", images=4, seed=4, categories=custom)
     convert_coco(tmp_path / "custom" / "annotations.json", tmp_path / "custom" / "images", tmp_path / "custom_out")

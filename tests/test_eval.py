@@ -140,7 +140,9 @@ def test_undefined_ap_is_null_as_in_pycocotools(tmp_path, monkeypatch, capsys):
         _assert_summary_equals_pycocotools(ours, direct)
         assert ours["APl"] is None and ours["ARl"] is None
         visdrone = evaluate(gt, predictions, "visdrone")
-        assert visdrone["per_class"] == pytest.approx(oracle) and visdrone["AP"] == pytest.approx(expected_ap)
+        # the toolkit's mean2 over evalClass weighs a class by its images: 'a' is in one image, 'c' in two
+        toolkit_ap = (oracle["a"] + 2 * oracle["c"]) / 3
+        assert visdrone["per_class"] == pytest.approx(oracle) and visdrone["AP"] == pytest.approx(toolkit_ap)
     # VisDrone: every detection inside an ignored region leaves none to score; classes present are missed, 'b' undefined
     ignored = load_ground_truth(_dataset(tmp_path / "ig", {"1": (200, 160, boxes[1])}, ("a", "b", "c"), {"1": [(150, 0, 50, 50)]}))
     missed = evaluate(ignored, [_det(1, 1, (160, 5, 20, 20))], "visdrone")
@@ -197,3 +199,161 @@ def test_model_path_and_predictions_path_agree(trained_checkpoint, tiny_dataset,
     for key in from_file:
         if key != "per_class":
             assert from_model[key] == pytest.approx(from_file[key], abs=1e-9), key
+
+
+# ---- the VisDrone2019-DET toolkit's rules (ema_yolo.eval.visdrone_toolkit), each case worked out from its code ----
+VISDRONE_NAMES = ("pedestrian", "people", "bicycle", "car", "van", "truck", "tricycle", "awning-tricycle", "bus", "motor")
+
+
+def test_visdrone_drops_ignored_before_the_500_cap(tmp_path):
+    # saveAnnoRes drops detections in ignored regions first, calcAccuracy caps at the first 500 rows after that: 500
+    # confident boxes wholly inside an ignored region cost nothing, and the writer leaves them out before capping.
+    images = {"5": (400, 300, [(0, 20, 20, 40, 40), (1, 100, 150, 30, 30)])}
+    data = _dataset(tmp_path, images, names=VISDRONE_NAMES, ignored={"5": [(200, 0, 200, 300)]})
+    perfect = [_det(5, 0, (20, 20, 40, 40), 0.5), _det(5, 1, (100, 150, 30, 30), 0.5)]
+    inside = [_det(5, i % 2, (210 + i % 17 * 10, 5 + i // 17 * 9, 8, 8), 0.9) for i in range(500)]
+    metrics = evaluate(load_ground_truth(data), inside + perfect, "visdrone")
+    assert metrics["AP"] == 1.0 and metrics["AR500"] == 1.0
+    (tmp_path / "p.json").write_text(json.dumps(inside + perfect))
+    assert cli(["eval", "--data", str(data), "--predictions", str(tmp_path / "p.json"), "--protocol", "visdrone",
+                "--save-visdrone", str(tmp_path / "results")]) == 0
+    rows = np.loadtxt(tmp_path / "results" / "5.txt", delimiter=",", ndmin=2)
+    assert rows[:, :4].tolist() == [[20, 20, 40, 40], [100, 150, 30, 30]]
+
+
+def test_visdrone_half_inside_is_dropped_after_matlab_rounding(tmp_path):
+    # dropObjectsInIgr: region max(1, [52 1 48 99]) fills MATLAB rows 1..100, columns 52..100 of the 100x100 image.
+    # A 20x20 box at MATLAB (x, y) covers the integral-image columns x+1..x+20: x = 41 -> 10 of 20 columns inside,
+    # share 0.5 -> dropped (the toolkit keeps < 0.5 only); x = 40 -> 0.45 -> kept. round() is MATLAB's (halves away
+    # from zero): 40.5 -> 41, dropped, where round-half-even would give 40 and keep it.
+    data = _dataset(tmp_path, {"1": (100, 100, [(0, 2, 60, 20, 20)])}, ignored={"1": [(52, 1, 48, 99)]})
+    gt = load_ground_truth(data)
+    true_positive = _det(1, 0, (2, 60, 20, 20), 0.5)
+    for left, kept in ((41, False), (40.5, False), (40, True), (39.5, True)):
+        ap = evaluate(gt, [_det(1, 0, (left, 11, 20, 20), 0.9), true_positive], "visdrone")["AP"]
+        # kept: a false positive ranked first -> rec [0, 1], prec [0, 0.5] -> VOCap = 0.5 at every IoU threshold
+        assert ap == (0.5 if kept else 1.0), left
+    # ground truth is dropped by the same rule: an object half inside is not expected, missing it costs nothing
+    hidden = load_ground_truth(_dataset(tmp_path / "g", {"1": (100, 100, [(0, 2, 60, 20, 20), (0, 41, 11, 20, 20)])},
+                                        ignored={"1": [(52, 1, 48, 99)]}))
+    assert evaluate(hidden, [true_positive], "visdrone")["AP"] == 1.0
+
+
+def test_visdrone_ap_is_vocap_all_point(tmp_path):
+    # Two objects; detections TP 0.9, FP 0.8, TP 0.7 -> rec [.5 .5 1], prec [1 .5 2/3]. VOCap (all-point):
+    # 0.5 * 1 + 0.5 * 2/3 = 5/6. pycocotools' 101-point interpolation gives (51 + 50 * 2/3) / 101 instead.
+    gt = load_ground_truth(_dataset(tmp_path, {"1": (200, 200, [(0, 10, 10, 30, 30), (0, 100, 100, 30, 30)])}))
+    predictions = [_det(1, 0, (10, 10, 30, 30), 0.9), _det(1, 0, (150, 10, 30, 30), 0.8), _det(1, 0, (100, 100, 30, 30), 0.7)]
+    assert evaluate(gt, predictions, "visdrone")["AP"] == pytest.approx(5 / 6, abs=1e-12)
+    assert evaluate(gt, predictions, "coco")["AP"] == pytest.approx((51 + 50 * 2 / 3) / 101, abs=1e-12)
+
+
+def test_visdrone_result_files_cap_the_first_500_rows_in_file_order(tmp_path):
+    # calcAccuracy reads det(1:min(end, 500), :) across classes, in the file's order, whatever the scores: a true
+    # positive of class 'a' in row 501, behind 500 low-score false positives of class 'b', is never seen.
+    data = _dataset(tmp_path, {"1": (1000, 1000, [(0, 500, 500, 50, 50), (1, 900, 900, 50, 50)])}, names=VISDRONE_NAMES)
+    (tmp_path / "r").mkdir()
+    false = "".join(f"{10 + i % 40 * 20},{10 + i // 40 * 30},15,15,0.1,2,-1,-1\n" for i in range(500))
+    true = "500,500,50,50,0.9,1,-1,-1\n900,900,50,50,0.9,2,-1,-1\n"
+    for order, expected in ((false + true, {"pedestrian": 0.0, "people": 0.0}), (true + false, {"pedestrian": 1.0})):
+        (tmp_path / "r" / "1.txt").write_text(order)
+        assert cli(["eval", "--data", str(data), "--visdrone-results", str(tmp_path / "r"), "--protocol", "visdrone",
+                    "--json", str(tmp_path / "m.json")]) == 0
+        per_class = json.loads((tmp_path / "m.json").read_text())["per_class"]
+        assert {k: per_class[k] for k in expected} == pytest.approx(expected)
+
+
+# ---- ground truth as Ultralytics' validator sees it (verify_image_label) ----
+
+
+def test_polygon_label_rows_are_boxes(tmp_path):
+    # Segment-format rows in a detection set: Ultralytics takes their bounding box (segments2boxes).
+    data = _dataset(tmp_path, {"1": (200, 100, [])})
+    (tmp_path / "val" / "labels" / "1.txt").write_text("0 0.1 0.2 0.3 0.2 0.3 0.6 0.1 0.6\n1 0.5 0.1 0.9 0.5 0.7 0.9\n")
+    gt = load_ground_truth(data)
+    assert np.allclose([a["bbox"] for a in gt.coco["annotations"]], [[20, 20, 40, 40], [100, 10, 80, 80]], atol=1e-4)
+    perfect = [_det(1, 0, (20, 20, 40, 40)), _det(1, 1, (100, 10, 80, 80))]
+    assert evaluate(gt, perfect, "coco")["AP"] == pytest.approx(1.0)
+
+
+def test_duplicate_and_out_of_bounds_rows_as_ultralytics(tmp_path, capsys):
+    # A duplicated row is removed; an image with a coordinate past Ultralytics' 1 % tolerance is dropped, one line each.
+    data = _dataset(tmp_path, {"1": (100, 100, [(0, 10, 10, 20, 20)] * 2), "2": (100, 100, [(1, 10, 10, 20, 20)]),
+                               "3": (100, 100, [(0, 50, 50, 20, 20)])})
+    with open(tmp_path / "val" / "labels" / "2.txt", "a") as f:
+        f.write("0 1.2 0.5 0.1 0.1\n")
+    capsys.readouterr()
+    gt = load_ground_truth(data)
+    err = capsys.readouterr().err.splitlines()
+    assert [im["id"] for im in gt.coco["images"]] == [1, 3] and len(gt.coco["annotations"]) == 2
+    assert len(err) == 2 and err[0].endswith("1.txt: 1 duplicate labels removed")
+    assert "2.txt: image dropped" in err[1] and "out of bounds" in err[1]
+    assert evaluate(gt, [_det(1, 0, (10, 10, 20, 20)), _det(3, 0, (50, 50, 20, 20))], "coco")["AP"] == pytest.approx(1.0)
+
+
+def test_bad_relative_path_in_the_yaml_is_one_error_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "d.yaml").write_text("path: no/such/folder\ntrain: images\nval: images\nnames:\n  0: a\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli(["eval", "--data", "d.yaml", "--predictions", "p.json"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: d.yaml: ") and "no/such/folder" in err[0]
+
+
+def test_converted_coco_from_an_older_converter_asks_for_a_rerun(tmp_path, capsys):
+    from ema_yolo.data.coco import convert_coco
+    from ema_yolo.data.synth import make_coco_raw
+
+    make_coco_raw(tmp_path / "raw", images=2)
+    convert_coco(tmp_path / "raw" / "annotations.json", tmp_path / "raw" / "images", tmp_path / "coco")
+    record = json.loads((tmp_path / "coco" / "coco_ids.json").read_text())
+    del record["crowd"], record["areas"]
+    (tmp_path / "coco" / "coco_ids.json").write_text(json.dumps(record))
+    (tmp_path / "p.json").write_text("[]")
+    assert cli(["eval", "--data", str(tmp_path / "coco" / "data.yaml"), "--predictions", str(tmp_path / "p.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "re-run `ema-yolo convert coco`" in err[0]
+
+
+# ---- a model whose classes are not the dataset's ----
+
+
+def test_model_classes_matched_by_name(trained_checkpoint, tiny_dataset, tmp_path, capfd):
+    from ultralytics import YOLO
+
+    # The model knows square, disc, triangle (tiny_dataset). The same images relabelled: names in another order,
+    # 'disc' renamed 'extra' (which the model lacks). Oracle: the model's own predictions on tiny_dataset, mapped by
+    # name by hand, scored by pycocotools over the two shared classes.
+    old_to_new, names = {0: 1, 1: 2, 2: 0}, ("triangle", "square", "extra")
+    root = tmp_path / "renamed"
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True)
+    for image in sorted((tiny_dataset.parent / "images" / "val").iterdir()):
+        (root / "images" / image.name).symlink_to(image)
+        rows = (tiny_dataset.parent / "labels" / "val" / f"{image.stem}.txt").read_text().splitlines()
+        (root / "labels" / f"{image.stem}.txt").write_text("".join(f"{old_to_new[int(r.split()[0])]} {r.split(None, 1)[1]}\n" for r in rows))
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images\nval: images\nnames:\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(names)))
+    YOLO(trained_checkpoint).val(data=str(tiny_dataset), imgsz=64, batch=16, save_json=True, conf=0.001, max_det=300,
+                                 plots=False, project=str(tmp_path), name="v", device="cpu")
+    model_categories = {1: 2, 3: 1}  # square (model 0) -> dataset 'square' (2); triangle (model 2) -> 'triangle' (1)
+    oracle = [{**p, "category_id": model_categories[p["category_id"]]}
+              for p in json.loads((tmp_path / "v" / "predictions.json").read_text()) if p["category_id"] in model_categories]
+    gt = load_ground_truth(root / "data.yaml")
+    gt_json = {**gt.coco, "images": [{**im, "id": i} for i, im in enumerate(gt.coco["images"])]}
+    index = {im["id"]: i for i, im in enumerate(gt.coco["images"])}
+    gt_json["annotations"] = [{**a, "image_id": index[a["image_id"]]} for a in gt.coco["annotations"] if a["category_id"] != 3]
+    gt_json["categories"] = gt.coco["categories"][:2]
+    direct = _pycocotools(gt_json, [{**p, "image_id": index[p["image_id"]]} for p in oracle])
+    capfd.readouterr()
+    assert cli(["eval", "--data", str(root / "data.yaml"), "--model", str(trained_checkpoint), "--imgsz", "64",
+                "--device", "cpu", "--json", str(tmp_path / "m.json")]) == 0
+    out, err = capfd.readouterr()
+    ours = json.loads((tmp_path / "m.json").read_text())
+    _assert_summary_equals_pycocotools(ours, direct)
+    assert list(ours["per_class"]) == ["triangle", "square"]
+    assert "1 dataset classes the model does not have, left out of the means: extra" in err
+    for false_line in ("faster-coco-eval", "AutoUpdate", "Results saved to", "Skipping labels"):  # issue 21, item 4
+        assert false_line not in out + err
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images\nval: images\nnames:\n  0: x\n  1: y\n  2: z\n")
+    assert cli(["eval", "--data", str(root / "data.yaml"), "--model", str(trained_checkpoint)]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == ["error: the model's classes ['square', 'disc', 'triangle'] share no name with the dataset's ['x', 'y', 'z']"]

@@ -1,6 +1,7 @@
 """`ema-yolo video` on clips generated here: frame accounting, stride, detections file, bad sources, interruption."""
 
 import csv
+import json
 
 import cv2
 import numpy as np
@@ -163,3 +164,41 @@ def test_stream_url_and_a_stream_that_drops(tmp_path):
         assert len(_decode(tmp_path / "drop.mp4")[0]) == summary["frames_written"]  # finalised, plays
     finally:
         server.shutdown()
+
+
+def _vfr_clip(path, times, size=(96, 64)):
+    """An MP4 whose frames carry the presentation times `times` (seconds), written with PyAV: variable frame rate."""
+    import fractions
+
+    import av
+
+    time_base = fractions.Fraction(1, 1000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=20)
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+        stream.codec_context.time_base = time_base
+        for i, t in enumerate(times):
+            image = np.full((size[1], size[0], 3), 40, np.uint8)
+            cv2.rectangle(image, (5 + 2 * i, 10), (30 + 2 * i, 40), (255, 255, 255), -1)
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts, frame.time_base = round(t * 1000), time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:  # the source's duration, as its container states it
+        return float(container.duration / av.time_base)
+
+
+def test_variable_frame_rate_times_and_duration(trained_checkpoint, tmp_path, capfd):
+    # 20 frames 50 ms apart, then 6 frames 0.5 s apart: time_s is each frame's timestamp, not index / fps.
+    times = [i * 0.05 for i in range(20)] + [1.5 + i * 0.5 for i in range(6)]
+    duration = _vfr_clip(tmp_path / "vfr.mp4", times)
+    capfd.readouterr()
+    assert cli(["video", "--model", str(trained_checkpoint), "--source", str(tmp_path / "vfr.mp4"), "--imgsz", "64",
+                "--conf", "0.0001", "--output", str(tmp_path / "out.mp4"), "--save-detections", str(tmp_path / "d.jsonl")]) == 0
+    out, err = capfd.readouterr()
+    summary = json.loads(out)  # stdout is the JSON summary alone: the progress bar is on stderr (issue 21, item 7)
+    rows = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert {r["frame"] for r in rows} >= {0, 19, 25}
+    assert all(r["time_s"] == pytest.approx(times[r["frame"]], abs=1e-3) for r in rows)
+    frames, fps = _decode(summary["output"])  # constant rate: every frame, and the durations agree within a frame
+    assert len(frames) == 26 and abs(len(frames) / fps - duration) <= 1 / fps

@@ -1,9 +1,12 @@
 """COCO instances JSON -> YOLO labels: the 80 standard classes (91 -> 80 ids) or any custom COCO-format file.
 
-Crowd annotations (`iscrowd: 1`) are not training labels; as in COCO's own evaluation they are ignore regions, kept
-in `ignored/<stem>.txt` (`left top width height` pixels). An image listed without annotations is a background image
-(empty label file). Boxes are clipped to the image; empty ones are dropped and counted. `coco_ids.json` records the
-original ids (image file name -> image id, class index -> category id) and the JSON read, for COCO result files.
+Crowd annotations (`iscrowd: 1`) are not training labels. An image listed without annotations is a background image
+(empty label file). Boxes are clipped to the image; empty ones are dropped and counted. `coco_ids.json` records what
+the labels cannot hold and the evaluation needs, to score as pycocotools does on the original JSON:
+- `images` (file name -> image id), `category_ids` (class index -> category id), `annotations` (the JSON read), for
+  COCO result files;
+- `areas`: file name -> the original `area` of each label row, in row order (pycocotools' APs/m/l ranges use it);
+- `crowd`: file name -> `[class, left, top, width, height, area]` of each crowd box, as in the JSON (unclipped).
 """
 
 import json
@@ -75,7 +78,7 @@ def convert_coco(annotations_json, images_dir, dst, mapping="auto", overwrite=Fa
     report, images_dir = Report(), Path(images_dir)
     data = _load_json(annotations_json)
     classes, names = category_mapping(data["categories"], mapping)
-    images, per_image, converted = {}, {}, {}
+    images, per_image, converted, areas, crowd = {}, {}, {}, {}, {}
     for image in data["images"]:
         images[image["id"]] = image
         per_image[image["id"]] = []
@@ -83,7 +86,7 @@ def convert_coco(annotations_json, images_dir, dst, mapping="auto", overwrite=Fa
         image_id = ann.get("image_id")
         if image_id not in images:
             report.problem(annotations_json, f"annotation {ann.get('id')} refers to unknown image id {image_id!r}")
-        elif ann.get("category_id") not in classes and not ann.get("iscrowd"):
+        elif ann.get("category_id") not in classes:
             report.problem(annotations_json, f"annotation {ann.get('id')} has unknown category id {ann.get('category_id')!r}")
         elif not (isinstance(ann.get("bbox"), list) and len(ann["bbox"]) == 4):
             report.problem(annotations_json, f"annotation {ann.get('id')} has no [x, y, w, h] bbox")
@@ -91,7 +94,7 @@ def convert_coco(annotations_json, images_dir, dst, mapping="auto", overwrite=Fa
             per_image[image_id].append(ann)
 
     with atomic_dir(dst, overwrite) as tmp:
-        for sub in ("images", "labels", "ignored"):
+        for sub in ("images", "labels"):
             (tmp / sub).mkdir()
         for image_id, image in TQDM(images.items(), desc="COCO"):
             source = images_dir / image["file_name"]
@@ -99,29 +102,31 @@ def convert_coco(annotations_json, images_dir, dst, mapping="auto", overwrite=Fa
                 report.problem(source, f"image {image_id} listed in {annotations_json} is missing; skipped")
                 continue
             width, height = image["width"], image["height"]
-            rows, ignored = [], []
+            rows, row_areas, crowds = [], [], []
             for ann in per_image[image_id]:
                 x, y, w, h = (float(v) for v in ann["bbox"])
+                area = float(ann.get("area", w * h))
                 if ann.get("iscrowd"):
-                    ignored.append(f"{x:g} {y:g} {w:g} {h:g}")
+                    crowds.append([classes[ann["category_id"]], x, y, w, h, area])
                     continue
                 yolo = box_to_yolo(x, y, w, h, width, height)
                 if yolo is None:
                     report.count("boxes empty after clipping")
                     continue
                 rows.append(f"{classes[ann['category_id']]} " + " ".join(f"{v:.6f}" for v in yolo))
-            stem = Path(image["file_name"]).stem
-            place_image(source, tmp / "images" / Path(image["file_name"]).name)
-            (tmp / "labels" / f"{stem}.txt").write_text("".join(r + "\n" for r in rows))
-            if ignored:
-                (tmp / "ignored" / f"{stem}.txt").write_text("".join(r + "\n" for r in ignored))
-            converted[Path(image["file_name"]).name] = image_id
+                row_areas.append(area)
+            name = Path(image["file_name"]).name
+            place_image(source, tmp / "images" / name)
+            (tmp / "labels" / f"{Path(name).stem}.txt").write_text("".join(r + "\n" for r in rows))
+            converted[name], areas[name] = image_id, row_areas
+            if crowds:
+                crowd[name] = crowds
             report.count("images")
             report.count("boxes", len(rows))
-            report.count("crowd regions", len(ignored))
+            report.count("crowd regions", len(crowds))
         (tmp / "data.yaml").write_text(dataset_yaml(dst, {"train": "images", "val": "images"}, names))
         ids = {"annotations": str(Path(annotations_json).resolve()), "images": converted,
-               "category_ids": sorted(classes, key=classes.get)}
+               "category_ids": sorted(classes, key=classes.get), "areas": areas, "crowd": crowd}
         (tmp / COCO_IDS_FILE).write_text(json.dumps(ids))
         if not report.counts.get("images"):
             raise ConversionError(f"{annotations_json}: no image could be converted")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli import HelpFormatter
 from ..integration.transfer import transfer_report
 from ..timing import time_calls
 from .commands import format_metric, model_predictions
@@ -215,19 +216,19 @@ def _write_tables(out, rows):
 
 def main(argv=None):
     """Command line."""
-    parser = argparse.ArgumentParser(prog="ema-yolo compare", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ema-yolo compare", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--data", help="dataset YAML (not needed with --no-train)")
-    parser.add_argument("--family", choices=FAMILIES, default="yolov8")
-    parser.add_argument("--scale", choices=list("nsmlx"), default="n")
+    parser.add_argument("--family", choices=FAMILIES, default="yolov8", help="model family")
+    parser.add_argument("--scale", choices=list("nsmlx"), default="n", help="model scale")
     parser.add_argument("--variants", default="baseline,ema", help=f"comma-separated, from {','.join(VARIANTS)}")
     parser.add_argument("--out", required=True, help="run folder (re-run the same command to resume)")
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--imgsz", type=int, default=640)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--protocol", choices=["coco", "visdrone"], default="coco")
+    parser.add_argument("--epochs", type=int, default=100, help="training epochs")
+    parser.add_argument("--imgsz", type=int, default=640, help="train, eval and latency size")
+    parser.add_argument("--batch", type=int, default=16, help="training batch")
+    parser.add_argument("--device", default="cpu", help="cpu, 0, 0,1, ...")
+    parser.add_argument("--seed", type=int, default=0, help="training seed, the same for every variant")
+    parser.add_argument("--workers", type=int, default=8, help="data loader workers")
+    parser.add_argument("--protocol", choices=["coco", "visdrone"], default="coco", help="evaluation protocol (see ema-yolo eval -h)")
     parser.add_argument("--pretrained", metavar="PT", help="stock checkpoint every variant starts from (e.g. yolov8s.pt)")
     parser.add_argument("--no-train", action="store_true", help="only params, GFLOPs and latency")
     args = parser.parse_args(argv)

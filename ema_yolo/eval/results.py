@@ -3,7 +3,8 @@
 VisDrone (the DET toolkit's `evalDET` and its server): one `<image stem>.txt` per image of the split, every image
 included (an image without detections gets an empty file), each line
 `bbox_left,bbox_top,bbox_width,bbox_height,score,object_category,-1,-1` in original-image pixels, categories 1-10,
-at most 500 lines per image. COCO (`pycocotools.coco.COCO.loadRes`, the evaluation server): a JSON list of
+highest score first; detections in ignored regions left out, then at most 500 lines per image (`saveAnnoRes.m` drops
+those in ignored regions before `calcAccuracy.m` reads the first 500 rows). COCO (`pycocotools.coco.COCO.loadRes`, the evaluation server): a JSON list of
 `{"image_id", "category_id", "bbox": [x, y, w, h], "score"}` with the original image ids and 91-id category ids.
 
 Predictions come in the format `yolo val save_json=True` writes (see `protocols`): they are mapped back to class
@@ -19,13 +20,10 @@ from pathlib import Path
 from ..data.coco import COCO_IDS_FILE
 from ..data.output import atomic_dir
 from ..data.visdrone import NAMES as VISDRONE_NAMES
-from .protocols import EvalError, top_per_image
+from .protocols import EvalError, by_score, visdrone_kept
 
-__all__ = ("VISDRONE_MAX_DET", "coco_original_ids", "read_visdrone_results", "save_results", "write_coco_results",
+__all__ = ("coco_original_ids", "read_visdrone_results", "save_results", "write_coco_results",
            "write_visdrone_results")
-
-VISDRONE_MAX_DET = 500  # the toolkit scores at most 500 detections per image
-
 
 def _check_visdrone_classes(gt):
     if tuple(gt.names.values()) != VISDRONE_NAMES:
@@ -43,7 +41,8 @@ def write_visdrone_results(folder, gt, predictions):
         predictions (list[dict]): `save_json`-format detections (pixel `bbox` x, y, w, h of the original image).
 
     Returns:
-        (int): Number of detection lines written (at most 500 per image: the highest scores).
+        (int): Number of detection lines written: per image, highest score first, without those the toolkit drops in
+            ignored regions, then at most 500 (the toolkit's order, so it scores exactly these).
 
     Raises:
         EvalError: If the dataset's classes are not VisDrone's, or `folder` holds other files.
@@ -57,10 +56,10 @@ def write_visdrone_results(folder, gt, predictions):
     folder = Path(folder)
     if folder.exists() and not _is_result_folder(folder):
         raise EvalError(f"{folder}: exists and is not a folder of VisDrone result files; not replacing it")
-    groups, written = top_per_image(predictions, VISDRONE_MAX_DET), 0
+    groups, written = by_score(predictions), 0
     with atomic_dir(folder, overwrite=True) as tmp:
         for image in gt.coco["images"]:
-            kept = groups.get(image["id"], [])
+            kept = visdrone_kept(gt, image, groups.get(image["id"], []))
             lines = []
             for p in kept:
                 category = gt.category_ids.index(p["category_id"]) + 1

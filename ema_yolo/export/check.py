@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from ..cli import HelpFormatter
 from pathlib import Path
 
 __all__ = ("CASES", "UNAVAILABLE", "check_case", "describe_exit", "main", "onnx2tf_sample", "run_cases")
@@ -405,14 +406,15 @@ def _checkpoint(model, out):
 def main(argv=None):
     """`ema-yolo check-exports IMAGES... [--model M] [--baseline B] [--data D] [--formats a,b] [--imgsz N]`."""
     all_cases = [*CASES, *UNAVAILABLE]
-    parser = argparse.ArgumentParser(prog="ema-yolo check-exports", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ema-yolo check-exports", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("images", nargs="+", help="image files or folders to compare outputs on")
     parser.add_argument("--model", default="yolov8n-ema.yaml", help="checkpoint or model YAML (random weights)")
     parser.add_argument("--baseline", help="checkpoint or YAML timed side by side in each format, e.g. yolov8n.yaml")
     parser.add_argument("--data", help="dataset YAML: int8 calibration images (its val split) and --val")
     parser.add_argument("--val", action="store_true", help="also measure each export's mAP50-95 on --data")
     parser.add_argument("--formats", default=",".join(all_cases), help=f"comma-separated cases ({', '.join(all_cases)})")
-    parser.add_argument("--imgsz", type=int, default=640, help="export size (default 640)")
+    parser.add_argument("--imgsz", type=int, default=640, help="export size")
     parser.add_argument("--second-size", type=int, help="another size for dynamic exports (default imgsz / 2)")
     parser.add_argument("--conf", type=float, default=0.25, help="NMS confidence for the box comparison")
     parser.add_argument("--out", default="runs/check-exports", help="output folder (results.md, results.json)")

@@ -6,6 +6,11 @@ Every decoded frame is accounted for: the loop ends when OpenCV stops returning 
 `CAP_PROP_FRAME_COUNT` claimed. The output is written to a temporary name and renamed only once finalised; Ctrl-C or
 a dropped stream finalises what was written so far.
 
+Time: `time_s` in the detections file is the decoder's timestamp of the frame (OpenCV's `CAP_PROP_POS_MSEC`, the
+container's presentation time), true on variable-frame-rate files. The output is constant-rate: every written frame
+at the source's average rate (OpenCV's `CAP_PROP_FPS`, FFmpeg's `avg_frame_rate`: frames / duration) divided by the
+stride, so the output lasts as long as the source, to within one frame.
+
 Container: MPEG-4 Part 2 ('mp4v') in .mp4, which OpenCV's bundled FFmpeg writes and common players open; if this
 OpenCV cannot open that writer, Motion-JPEG ('MJPG') in .avi next to the requested name. Asking for .avi gives MJPG.
 """
@@ -13,6 +18,7 @@ OpenCV cannot open that writer, Motion-JPEG ('MJPG') in .avi next to the request
 import csv
 import json
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
@@ -30,8 +36,18 @@ class VideoError(Exception):
     """A source or output problem (the message names it)."""
 
 
+def _timestamp(cap, index, fps):
+    """Seconds of the frame `cap` just decoded: its timestamp, or `index / fps` where the backend has none (cameras)."""
+    ms = cap.get(cv2.CAP_PROP_POS_MSEC)
+    return ms / 1000 if ms > 0 or index == 0 else index / fps
+
+
 def open_source(source):
-    """Open a file, a camera index ('0') or a stream URL with OpenCV; raise VideoError if it yields no frame."""
+    """Open a file, a camera index ('0') or a stream URL with OpenCV; raise VideoError if it yields no frame.
+
+    Returns:
+        (tuple): The `cv2.VideoCapture` and its first frame (decoded).
+    """
     text = str(source)
     is_stream = "://" in text
     if text.isdigit():
@@ -140,22 +156,23 @@ def annotate_video(model, source, output, imgsz=640, conf=0.25, iou=0.7, device=
     errors = []
 
     def decode():
-        frame, index = first, 0
+        frame, index, seconds = first, 0, _timestamp(cap, 0, src_fps)
         try:
             while frame is not None and not stop.is_set():
                 counts["decoded"] += 1
                 if index % vid_stride == 0:
-                    frames_in.put((index, frame))
+                    frames_in.put((index, seconds, frame))
                 ok, frame = cap.read()
                 frame = frame if ok else None
                 index += 1
+                seconds = _timestamp(cap, index, src_fps)
         finally:
             frames_in.put(_DONE)
 
     def encode():
         started, shown = time.perf_counter(), 0
         while (item := frames_out.get()) is not _DONE:
-            index, result = item
+            index, seconds, result = item
             image = result.plot()
             shown += 1
             fps = shown / max(time.perf_counter() - started, 1e-9)
@@ -164,7 +181,7 @@ def annotate_video(model, source, output, imgsz=640, conf=0.25, iou=0.7, device=
             writer.write(image)
             counts["written"] += 1
             if log:
-                log.write(index, index / src_fps, result)
+                log.write(index, seconds, result)
             if show:
                 cv2.imshow("ema-yolo", image)
                 cv2.waitKey(1)
@@ -179,7 +196,7 @@ def annotate_video(model, source, output, imgsz=640, conf=0.25, iou=0.7, device=
     started, interrupted = time.perf_counter(), False
     decoder.start(), encoder.start()
     expected = -(-reported // vid_stride) if reported > 0 else None
-    bar = TQDM(total=expected, desc="video", unit="frame", disable=not progress)
+    bar = TQDM(total=expected, desc="video", unit="frame", disable=not progress, file=sys.stderr)  # stdout: the summary
     try:
         done = False
         while not done:
@@ -191,8 +208,8 @@ def annotate_video(model, source, output, imgsz=640, conf=0.25, iou=0.7, device=
                     break
                 pending.append(item)
             if pending:
-                for (index, _), result in zip(pending, predict([f for _, f in pending])):
-                    frames_out.put((index, result))
+                for (index, seconds, _), result in zip(pending, predict([f for *_, f in pending])):
+                    frames_out.put((index, seconds, result))
                 bar.update(len(pending))
     except KeyboardInterrupt:
         interrupted = True

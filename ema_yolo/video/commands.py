@@ -4,20 +4,21 @@ import argparse
 import json
 import sys
 
+from ..cli import HelpFormatter
 from ..models import ModelError
 from .annotate import VideoError, annotate_video
 
 
 def main(argv=None):
     """Command line."""
-    parser = argparse.ArgumentParser(prog="ema-yolo video", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ema-yolo video", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help=".pt checkpoint, model YAML, or exported model (.onnx, .torchscript)")
     parser.add_argument("--source", required=True, help="video file, camera index (0) or stream URL (rtsp://, http://)")
     parser.add_argument("--output", required=True, help="annotated video (.mp4)")
-    parser.add_argument("--imgsz", type=int, default=640)
-    parser.add_argument("--conf", type=float, default=0.25)
-    parser.add_argument("--iou", type=float, default=0.7)
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--imgsz", type=int, default=640, help="inference size")
+    parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
+    parser.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")
+    parser.add_argument("--device", default=None, help="e.g. cpu or 0 (default: Ultralytics' choice)")
     parser.add_argument("--classes", type=int, nargs="+", help="keep only these class indices")
     parser.add_argument("--vid-stride", type=int, default=1, help="process every k-th frame")
     parser.add_argument("--batch", type=int, default=4, help="frames per inference call")
