@@ -34,46 +34,56 @@ def _tap_slices(dy, dx):
     return (Ellipsis, dst_y, dst_x), (Ellipsis, src_y, src_x)
 
 
-def _tap_chunks(size):
-    """Split the 9 taps into chunks of at most `size` (a scratch buffer of cg planes holds cg tap planes)."""
-    return [list(range(9))[i : i + size] for i in range(0, 9, size)]
+def _tap_ranges(size):
+    """Split the 9 taps into consecutive ranges of at most `size` (a scratch buffer of cg planes holds cg tap planes)."""
+    return [range(i, min(9, i + size)) for i in range(0, 9, size)]
+
+
+# Tap planes of a map up to this size are allocated at once (one matrix product for all 9 taps): a few larger
+# operations are faster than filling a scratch buffer cg planes at a time, as each operation costs a fixed few us.
+PLANES_BYTES = 2**20
 
 
 def _add_conv_channel_sum(m, z, kernel, scratch=None):
     """Add sum_k kernel[k] (*) z[k] (3x3 cross-correlation, zero padding) to m: z (n, cg, h, w), m (n, h, w).
 
     Each tap's channel mix is one batched matmul (kernel taps x channels); the taps are then added shifted. `scratch`
-    (n * cg * h * w elements or more) receives the tap planes, cg at a time; without it (exports) they are allocated.
+    (n * cg * h * w elements or more) receives the tap planes, cg at a time, when all 9 would take more than
+    `PLANES_BYTES`; otherwise (and without it: exports) they are allocated.
     """
     n, cg, h, w = z.shape
     flat = z.view(n, cg, h * w)
-    for chunk in _tap_chunks(cg if scratch is not None else 9):
-        weight = kernel[:, chunk].t().expand(n, len(chunk), cg)
-        if scratch is None:
-            planes = torch.bmm(weight, flat)
-        else:
-            planes = torch.bmm(weight, flat, out=scratch.view(-1)[: n * len(chunk) * h * w].view(n, len(chunk), h * w))
-        planes = planes.view(n, len(chunk), h, w)
-        for i, tap in enumerate(chunk):
-            dst, src = _tap_slices(*_TAPS[tap])
-            m[dst] += planes[:, i][src]
+    small = scratch is None or n * 9 * h * w * z.element_size() <= PLANES_BYTES
+    for taps in _tap_ranges(9 if small else cg):
+        weight = kernel[:, taps.start : taps.stop].t().expand(n, len(taps), cg)
+        out = None if small else scratch.view(-1)[: n * len(taps) * h * w].view(n, len(taps), h * w)
+        planes = torch.bmm(weight, flat, out=out).view(n, len(taps), h, w)
+        for i, tap in enumerate(taps):
+            (_, dst_y, dst_x), (_, src_y, src_x) = _tap_slices(*_TAPS[tap])
+            m[:, dst_y, dst_x].add_(planes[:, i, src_y, src_x])  # not `+=`, which copies the sum onto itself again
     return m
 
 
 def _conv_channel_sum_backward(dm, z, kernel, dz, scratch):
-    """Backward of `_add_conv_channel_sum`: add its input gradient to dz and return the kernel's gradient (cg, 9)."""
+    """Backward of `_add_conv_channel_sum`: add its input gradient to dz and return the kernel's gradient (cg, 9).
+
+    The tap planes go into `scratch` cg at a time, or are allocated at once under `PLANES_BYTES`.
+    """
     n, cg, h, w = z.shape
     flat, dz_flat, d_kernel = z.view(n, cg, h * w), dz.view(n, cg, h * w), kernel.new_empty(kernel.shape)
-    for chunk in _tap_chunks(cg):
-        planes = scratch.view(-1)[: n * len(chunk) * h * w].view(n, len(chunk), h, w).zero_()
-        for i, tap in enumerate(chunk):  # the output position each input position fed: the mirrored shift
+    small = n * 9 * h * w * z.element_size() <= PLANES_BYTES
+    for taps in _tap_ranges(9 if small else cg):
+        chunk = slice(taps.start, taps.stop)
+        planes = z.new_zeros((n, 9, h, w)) if small else scratch.view(-1)[: n * len(taps) * h * w].zero_()
+        planes = planes.view(n, len(taps), h, w)
+        for i, tap in enumerate(taps):  # the output position each input position fed: the mirrored shift
             dy, dx = _TAPS[tap]
             dst, src = _tap_slices(2 - dy, 2 - dx)
             planes[:, i][dst] = dm[src]
-        planes = planes.view(n, len(chunk), h * w)
+        planes = planes.view(n, len(taps), h * w)
         # (taps, cg) then transposed: with a single tap this is the fast vector-on-the-left product
         d_kernel[:, chunk] = torch.bmm(planes, flat.transpose(1, 2)).sum(0).t()
-        dz_flat.baddbmm_(kernel[:, chunk].expand(n, cg, len(chunk)), planes)
+        dz_flat.baddbmm_(kernel[:, chunk].expand(n, cg, len(taps)), planes)
     return d_kernel
 
 
@@ -147,10 +157,11 @@ def _prepare(x, groups, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x
     acc = torch.promote_types(x.dtype, torch.float32)
     z = x.to(acc).reshape(b * groups, cg, h, w).contiguous()  # contiguous whatever the input's layout: flat views
     gn_w, gn_b, w1, b1, w3, b3 = (
-        p.to(acc) for p in (gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias)
+        p if p.dtype == acc else p.to(acc)  # no call where none is needed: each costs what small maps notice
+        for p in (gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias)
     )
     s1 = torch.softmax(gn_b, 0)  # the spatial mean of gn(.) is exactly its bias
-    kernel = torch.einsum("k,kjyx->jyx", s1, w3).reshape(cg, 9)
+    kernel = torch.mm(s1.view(1, cg), w3.reshape(cg, cg * 9)).view(cg, 9)  # sum_k s1[k] conv3x3.weight[k]; not torch.mv, whose ONNX export gave wrong values here
     return z, (gn_w, gn_b, w1.reshape(cg, cg), b1, w3, b3, s1, kernel)
 
 
@@ -161,10 +172,15 @@ def ema_forward(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias
     float32 or wider whatever the input dtype (the output has the input's dtype), like autocast does for GroupNorm
     and softmax.
     """
-    z, (gn_w, gn_b, w1, b1, w3, b3, s1, kernel) = _prepare(
-        x, groups, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias
-    )
-    out, (mean, *saved) = _forward_chunk(z, eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel)
+    z, weights = _prepare(x, groups, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias)
+    return _forward_whole(x, z, eps, weights)
+
+
+def _forward_whole(x, z, eps, weights, out=None):
+    """`ema_forward` of the group-samples z of `x` (as `_prepare` returns them, with `weights`), in one piece; `out`
+    (z's shape and dtype), when given, also holds the 3x3 branch's tap planes before the output."""
+    gn_w, gn_b, w1, b1, w3, b3, s1, kernel = weights
+    out, (mean, *saved) = _forward_chunk(z, eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel, out)
     return out.view(x.shape).to(x.dtype), (mean, *saved, s1, kernel)
 
 
@@ -176,11 +192,18 @@ def _saved_shapes(x, groups):
 
 
 def _ema_forward_chunked(x, groups, eps, *params):
-    """`ema_forward` in cache-sized chunks into buffers it owns (the eager operator's kernel); same results."""
-    z, (gn_w, gn_b, w1, b1, w3, b3, s1, kernel) = _prepare(x, groups, *params)
+    """`ema_forward` in cache-sized chunks into buffers it owns (the eager operator's kernel); same results.
+
+    A map that fits the cache is one chunk and runs as `ema_forward` does: owned buffers would only add copies, each a
+    fixed cost that small maps do not hide.
+    """
+    z, weights = _prepare(x, groups, *params)
+    slices, size = _chunks(z)
+    if len(slices) == 1:
+        return _forward_whole(x, z, eps, weights, torch.empty_like(z))
+    gn_w, gn_b, w1, b1, w3, b3, s1, kernel = weights
     n, cg, h, w = z.shape
     out = torch.empty(z.shape, dtype=x.dtype, device=x.device)
-    slices, size = _chunks(z)
     scratch = z.new_empty((size, cg, h, w))
     chunk_out = out if out.dtype == z.dtype else z.new_empty((size, cg, h, w))
     saved = [z.new_empty(shape) for shape in _saved_shapes(x, groups)[:7]]  # all but s1 and K: per group-sample
@@ -280,7 +303,16 @@ ema_op.register_autograd(_backward_rule, setup_context=_setup_context)
 
 
 def ema(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias):
-    """EMA of `x` (B, C, H, W) through the `ema_yolo::ema_<VERSION>` operator (differentiable once); the output."""
+    """EMA of `x` (B, C, H, W) through the `ema_yolo::ema_<VERSION>` operator (differentiable once); the output.
+
+    Without autograd in eager mode (inference) the operator's kernel runs without the operator: its dispatch costs a
+    fixed ~0.1 ms per call on the 2-core development CPU, which decided small maps against the published structure.
+    """
+    if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        with autocast_off(x.device.type):
+            return _ema_forward_chunked(
+                x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias
+            )[0]
     return ema_op(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias)[0]
 
 
