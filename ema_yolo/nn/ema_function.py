@@ -110,6 +110,30 @@ def _gate_product(z, gate_h, gate_w, scratch=None):
     return torch.mul(z, gate_h.unsqueeze(-1), out=out).mul_(gate_w.unsqueeze(-2))
 
 
+def _pool_gates(row_sum, col_sum, w1, b1):
+    """Directional pooling and the shared 1x1 conv, from the row sums (k, cg, h) and column sums (k, cg, w) of z:
+    pooled (k, cg, h + w), as the published code concatenates them, and the sigmoid gates (k, cg, h + w)."""
+    h, w = row_sum.shape[-1], col_sum.shape[-1]
+    pooled = torch.cat((row_sum / w, col_sum / h), -1)
+    return pooled, torch.matmul(w1, pooled).add_(b1.unsqueeze(-1)).sigmoid_()
+
+
+def _branch_softmax(z, row_sum, col_sum, w3, b3):
+    """The 3x3 branch's window sums `taps` (k, cg, 3, 3) and s2 (k, cg), softmax over its spatial mean.
+
+    Tap (a, b) sees every row but the last (a = 0) or the first (a = 2), and likewise columns. By inclusion-exclusion:
+    total - excluded row - excluded column + their corner.
+    """
+    k, cg, h, w = z.shape
+    total, zero = row_sum.sum(2), torch.zeros_like(row_sum[..., 0])
+    row_out = torch.stack((row_sum[..., -1], zero, row_sum[..., 0]), -1)  # (k, cg, 3)
+    col_out = torch.stack((col_sum[..., -1], zero, col_sum[..., 0]), -1)
+    corners = (z[..., -1, -1], zero, z[..., -1, 0], zero, zero, zero, z[..., 0, -1], zero, z[..., 0, 0])
+    taps = torch.stack(corners, -1).view(k, cg, 3, 3) - row_out.unsqueeze(-1) - col_out.unsqueeze(-2)
+    taps += total.view(k, cg, 1, 1)
+    return taps, torch.softmax(torch.mm(taps.view(k, cg * 9), w3.reshape(cg, cg * 9).t()) / (h * w) + b3, 1)
+
+
 def _forward_chunk(z, eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel, out=None, scratch=None):
     """EMA of group-samples z (k, cg, h, w); returns the output and the tensors the backward needs for them.
 
@@ -119,10 +143,8 @@ def _forward_chunk(z, eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel, out=None, scr
     k, cg, h, w = z.shape
     hw = h * w
 
-    # Directional pooling and the shared 1x1 conv: gates (k, cg, h) and (k, cg, w).
     row_sum, col_sum = z.sum(3), z.sum(2)
-    pooled = torch.cat((row_sum / w, col_sum / h), -1)  # (k, cg, h + w), as the published code concatenates them
-    gates = torch.matmul(w1, pooled).add_(b1.unsqueeze(-1)).sigmoid_()
+    pooled, gates = _pool_gates(row_sum, col_sum, w1, b1)
     gate_h, gate_w = gates[..., :h], gates[..., h:]
 
     # GroupNorm(cg, cg) of t = z * g_h * g_w: its centred values d = t - mean (two-pass variance); the normalised
@@ -132,15 +154,7 @@ def _forward_chunk(z, eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel, out=None, scr
     d.sub_(mean.view(k, cg, 1, 1))
     rstd = torch.rsqrt(torch.linalg.vector_norm(d, dim=(2, 3)).square_() / hw + eps)  # (k, cg)
 
-    # The 3x3 branch's spatial mean from window sums of z: tap (a, b) sees every row but the last (a = 0) or the first
-    # (a = 2), and likewise columns. By inclusion-exclusion: total - excluded row - excluded column + their corner.
-    total, zero = row_sum.sum(2), torch.zeros_like(row_sum[..., 0])
-    row_out = torch.stack((row_sum[..., -1], zero, row_sum[..., 0]), -1)  # (k, cg, 3)
-    col_out = torch.stack((col_sum[..., -1], zero, col_sum[..., 0]), -1)
-    corners = (z[..., -1, -1], zero, z[..., -1, 0], zero, zero, zero, z[..., 0, -1], zero, z[..., 0, 0])
-    taps = torch.stack(corners, -1).view(k, cg, 3, 3) - row_out.unsqueeze(-1) - col_out.unsqueeze(-2)
-    taps += total.view(k, cg, 1, 1)  # (k, cg, 3, 3)
-    s2 = torch.softmax(torch.mm(taps.view(k, cg * 9), w3.reshape(cg, cg * 9).t()) / hw + b3, 1)
+    taps, s2 = _branch_softmax(z, row_sum, col_sum, w3, b3)
 
     # m = s2-weighted sum of gn(t) + s1-weighted sum of conv3x3(z); the latter is one 3x3 kernel per input channel.
     const = (s2 * gn_b).sum(1) + (s1 * b3).sum()
@@ -291,15 +305,21 @@ def _setup_context(ctx, inputs, output):
     ctx.x_dtype = x.dtype
 
 
-def _backward_rule(ctx, output_grads):
-    grads = ema_backward_op(output_grads[0], *ctx.saved_tensors)  # the saved tensors' grads are None
-    return (
-        grads[0].to(ctx.x_dtype), None, None,
-        *(g.view(shape).to(dtype) for g, (shape, dtype) in zip(grads[1:], ctx.param_meta)),
-    )
+def register_autograd(forward_op, backward_op):
+    """Make `forward_op` (this module's `ema_op` or an operator with its signature and outputs) differentiable once
+    through `backward_op` (with `ema_backward_op`'s signature and outputs)."""
+
+    def backward_rule(ctx, output_grads):
+        grads = backward_op(output_grads[0], *ctx.saved_tensors)  # the saved tensors' grads are None
+        return (
+            grads[0].to(ctx.x_dtype), None, None,
+            *(g.view(shape).to(dtype) for g, (shape, dtype) in zip(grads[1:], ctx.param_meta)),
+        )
+
+    forward_op.register_autograd(backward_rule, setup_context=_setup_context)
 
 
-ema_op.register_autograd(_backward_rule, setup_context=_setup_context)
+register_autograd(ema_op, ema_backward_op)
 
 
 def ema(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias):
@@ -332,15 +352,20 @@ def _backward(grad_out, z, mean, gates, sig, s2, rstd, taps, pooled, s1, kernel,
         saved = (mean[sl], gates[sl], sig[sl], s2[sl], rstd[sl], taps[sl], pooled[sl])
         part = _backward_chunk(go[sl], z[sl], *saved, s1, kernel, gn_w, gn_b, w1, w3, b3, dz[sl], scratch)
         sums = part if sums is None else [a + b for a, b in zip(sums, part)]
-    d_gn_w, d_gn_b, d_w1, d_b1, d_kernel, d_w3, d_b3, d_sum = sums
+    return (dz, *_param_grads(sums, s1, w3, b3))
 
-    # s1 = softmax(gn.bias) weighs the 3x3 kernel and bias: K = sum_k s1[k] conv3x3.weight[k].
+
+def _param_grads(sums, s1, w3, b3):
+    """The parameters' gradients (flat) from the sums over group-samples that `_backward_chunk` returns: adds the
+    terms through s1 = softmax(gn.bias), which weighs the 3x3 kernel and bias: K = sum_k s1[k] conv3x3.weight[k]."""
+    d_gn_w, d_gn_b, d_w1, d_b1, d_kernel, d_w3, d_b3, d_sum = sums
+    cg = s1.shape[0]
     d_kernel = d_kernel.view(cg, 3, 3)
     d_s1 = torch.einsum("kjyx,jyx->k", w3, d_kernel) + b3 * d_sum
     d_gn_b = d_gn_b + s1 * (d_s1 - (s1 * d_s1).sum())
     d_w3 = d_w3 + s1.view(cg, 1, 1, 1) * d_kernel
     d_b3 = d_b3 + s1 * d_sum
-    return dz, d_gn_w, d_gn_b, d_w1.reshape(-1), d_b1, d_w3.reshape(-1), d_b3
+    return d_gn_w, d_gn_b, d_w1.reshape(-1), d_b1, d_w3.reshape(-1), d_b3
 
 
 def _backward_chunk(go, z, mean, gates, sig, s2, rstd, taps, pooled, s1, kernel, gn_w, gn_b, w1, w3, b3, dz, scratch):
@@ -387,6 +412,24 @@ def _backward_chunk(go, z, mean, gates, sig, s2, rstd, taps, pooled, s1, kernel,
     # 3x3 branch, m += sum_k K[k] (*) z[k]; dt's memory is free scratch now.
     d_kernel = _conv_channel_sum_backward(dm, z, kernel, dz, scratch=dt)
 
+    d_w1, d_b1, d_w3, d_b3, d_h, d_w, d_taps = _gates_backward(d_gates, d_s2, gates, pooled, s2, taps, w1, w3, h)
+    dz.add_(d_h.unsqueeze(-1)).add_(d_w.unsqueeze(-2))
+    for (i, j), (ty, tx) in zip(((-1, -1), (-1, 0), (0, -1), (0, 0)), ((0, 0), (0, 2), (2, 0), (2, 2))):
+        dz[..., i, j] += d_taps[..., ty, tx]
+    return [d_gn_w, d_gn_b, d_w1, d_b1, d_kernel, d_w3, d_b3, d_sum.sum()]
+
+
+def _gates_backward(d_gates, d_s2, gates, pooled, s2, taps, w1, w3, h):
+    """Backward of `_pool_gates` and `_branch_softmax` for one chunk, given the gradients of the gates (k, cg, h + w)
+    and of s2 (k, cg), for maps of height `h`.
+
+    Returns the chunk's share of d conv1x1.weight, d conv1x1.bias, d conv3x3.weight and d conv3x3.bias (s2 path),
+    then what z receives through the pooling and window sums: per row d_h (k, cg, h), per column d_w (k, cg, w), and
+    at the four corners d_taps[..., a, b] (k, cg, 3, 3) for (a, b) = (0, 0) at (-1, -1), (0, 2) at (-1, 0), (2, 0) at
+    (0, -1) and (2, 2) at (0, 0).
+    """
+    w = gates.shape[-1] - h
+    hw = h * w
     # Gates: g = sigmoid(conv1x1(pooled)), the same 1x1 conv for both directions.
     d_act = torch.ops.aten.sigmoid_backward(d_gates, gates)
     d_w1 = torch.bmm(d_act, pooled.transpose(1, 2)).sum(0)
@@ -406,7 +449,4 @@ def _backward_chunk(go, z, mean, gates, sig, s2, rstd, taps, pooled, s1, kernel,
     d_h[..., 0] -= d_taps[:, :, 2].sum(-1)
     d_w[..., -1] -= d_taps[..., 0].sum(-1)
     d_w[..., 0] -= d_taps[..., 2].sum(-1)
-    dz.add_(d_h.unsqueeze(-1)).add_(d_w.unsqueeze(-2))
-    for (i, j), (ty, tx) in zip(((-1, -1), (-1, 0), (0, -1), (0, 0)), ((0, 0), (0, 2), (2, 0), (2, 2))):
-        dz[..., i, j] += d_taps[..., ty, tx]
-    return [d_gn_w, d_gn_b, d_w1, d_b1, d_kernel, d_w3, d_mean.sum(0), d_sum.sum()]
+    return d_w1, d_b1, d_w3, d_mean.sum(0), d_h, d_w, d_taps
