@@ -17,11 +17,14 @@ import torch
 from .nn import EMA, EMAReference, ema_groups
 from .timing import time_calls
 
-# YOLOv8n and YOLOv8s neck feature maps at 640 px, batch 8 (the layers the EMA placements sit on).
-MODULE_SHAPES = {
-    "yolov8n": [(8, 64, 80, 80), (8, 128, 40, 40), (8, 256, 20, 20)],
-    "yolov8s": [(8, 128, 80, 80), (8, 256, 40, 40), (8, 512, 20, 20)],
+# YOLOv8n and YOLOv8s neck feature maps (C, H, W) at 640 px (the layers the EMA placements sit on), and the batches
+# `ema-yolo bench module` runs them at: 1 (stock `yolo predict`), 4 (`ema-yolo video`), 8 (training).
+NECK_MAPS = {
+    "yolov8n": [(64, 80, 80), (128, 40, 40), (256, 20, 20)],
+    "yolov8s": [(128, 80, 80), (256, 40, 40), (512, 20, 20)],
 }
+MODULE_BATCHES = (1, 2, 4, 8)
+MODULE_SHAPES = {family: [(8, *m) for m in maps] for family, maps in NECK_MAPS.items()}  # batch 8
 
 
 def bench_module(shapes, device="cpu", dtype=torch.float32, repeats=5, rounds=3):
@@ -68,7 +71,7 @@ def bench_module(shapes, device="cpu", dtype=torch.float32, repeats=5, rounds=3)
     return rows
 
 
-_PASS_BYTES = 256 * 2**20  # more than the last-level cache of the CPUs this runs on
+_COLD_BYTES = 256 * 2**20  # more than the last-level cache of the CPUs this runs on
 
 
 def _one_pass(src, out):
@@ -82,13 +85,23 @@ def _no_grad_call(module, x):
         return module(x)
 
 
+def _rotation(shape, tensors_per_item, grad=False):
+    """Enough tensors of `shape` (`tensors_per_item` per item) that cycling through them touches `_COLD_BYTES`: each
+    item is read from main memory, not from a cache a previous call warmed. Returns an endless iterator of items."""
+    numel = torch.Size(shape).numel()
+    count = max(2, -(-_COLD_BYTES // (4 * tensors_per_item * numel)))
+    items = [tuple(torch.randn(shape, requires_grad=grad) for _ in range(tensors_per_item)) for _ in range(count)]
+    return itertools.cycle(items)
+
+
 def bench_roofline(shapes, compile=True, repeats=5, rounds=3):
-    """EMA's CPU cost in read+write passes over its input: forward and forward+backward, per implementation.
+    """EMA's CPU cost in read+write passes over its input, forward and forward+backward, per implementation, with the
+    unit and the modules at the same cache temperature.
 
     One pass is `torch.mul(x, 2, out=out)` over a tensor of the input's shape (read once, written once), timed
-    interleaved with the modules, so the figures are in units of what the memory system allows on this machine. The
-    passes rotate over enough tensors (`_PASS_BYTES` in all) that each one reads and writes main memory, not a
-    cache that the previous pass warmed (P3 at batch 8, 2 x 13 MB, would otherwise fit a 32 MB L3).
+    interleaved with the modules, so the figures are in units of what the memory system allows on this machine.
+    Warm: the unit and the modules run on the same tensors every call (a map that fits the last-level cache stays
+    there). Cold: both rotate over `_COLD_BYTES` of tensors, so every call reads its input from main memory.
 
     Args:
         shapes (list[tuple]): Input shapes (B, C, H, W), float32.
@@ -97,8 +110,8 @@ def bench_roofline(shapes, compile=True, repeats=5, rounds=3):
         rounds (int): Interleaved rounds; the median over all calls is reported.
 
     Returns:
-        (list[dict]): Per shape: the pass in ms, then forward and forward+backward passes of EMA (default path),
-        EMAReference (the published structure) and, with `compile`, of both compiled.
+        (list[dict]): Per shape: the unit pass in ms warm and cold, then forward and forward+backward passes, warm and
+        cold, of EMA (default path), EMAReference (the published structure) and, with `compile`, of both compiled.
     """
     rows = []
     for shape in shapes:
@@ -109,22 +122,23 @@ def bench_roofline(shapes, compile=True, repeats=5, rounds=3):
         if compile:
             # static shapes: inductor (torch 2.14) fails on the published structure with symbolic shapes
             modules.update({f"compiled {name}": torch.compile(m, dynamic=False) for name, m in list(modules.items())})
-        x = torch.randn(shape, requires_grad=True)
-        pairs = itertools.cycle(
-            [(torch.randn(shape), torch.empty(shape)) for _ in range(max(2, -(-_PASS_BYTES // (8 * x.numel()))))]
-        )
-        calls = {"pass": lambda: _one_pass(*next(pairs))}
+        warm_pair, warm_x = (torch.randn(shape), torch.empty(shape)), torch.randn(shape, requires_grad=True)
+        cold_pairs, cold_xs = _rotation(shape, 2), _rotation(shape, 1, grad=True)
+        inputs = {"warm": lambda: warm_x, "cold": lambda: next(cold_xs)[0]}
+        calls = {("pass", temp): fn for temp, fn in (("warm", lambda: _one_pass(*warm_pair)),
+                                                      ("cold", lambda: _one_pass(*next(cold_pairs))))}
         for name, m in modules.items():
-            calls[f"{name} forward"] = lambda m=m: _no_grad_call(m, x)
-            calls[f"{name} forward+backward"] = lambda m=m: m(x).sum().backward()
+            for temp, x in inputs.items():
+                calls[(f"{name} forward", temp)] = lambda m=m, x=x: _no_grad_call(m, x())
+                calls[(f"{name} forward+backward", temp)] = lambda m=m, x=x: m(x()).sum().backward()
         times = {}
         for _ in range(rounds):
             for key, fn in calls.items():
                 times.setdefault(key, []).extend(time_calls(fn, "cpu", repeats))
-        unit = statistics.median(times.pop("pass"))
+        unit = {temp: statistics.median(times.pop(("pass", temp))) for temp in inputs}
         rows.append(
-            {"shape": list(shape), "pass ms": round(unit * 1e3, 3),
-             **{f"{key} passes": round(statistics.median(v) / unit, 1) for key, v in times.items()}}
+            {"shape": list(shape), **{f"pass ms {temp}": round(unit[temp] * 1e3, 3) for temp in inputs},
+             **{f"{what} passes {temp}": round(statistics.median(v) / unit[temp], 1) for (what, temp), v in times.items()}}
         )
     return rows
 
@@ -146,7 +160,7 @@ def with_reference_ema(model):
 
 def _training_step(model, x):
     """Forward in training mode and backward of the summed squares of every head output (no optimizer, no loss
-    assignment: what differs between the variants is the network, not the loss)."""
+    assignment: what differs between the variants is the network, not the loss); returns the output tensors."""
     outputs, stack = [], [model(x)]
     while stack:
         item = stack.pop()
@@ -157,6 +171,7 @@ def _training_step(model, x):
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
     sum(t.float().square().mean() for t in outputs if t.requires_grad).backward()
+    return outputs
 
 
 def bench_step(family="yolov5-p2", scale="s", imgsz=640, batch=2, device="cpu", repeats=2, rounds=3):
@@ -203,7 +218,7 @@ def format_table(rows):
     """Render benchmark rows as a Markdown table."""
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -262,7 +277,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to add fp32 and fp16 CUDA timings")
     parser.add_argument("--shapes", nargs="+", type=_shape, metavar="BxCxHxW",
                         help="module, roofline: input shapes (default module: the YOLOv8n and YOLOv8s neck maps at "
-                        "640 px, batch 8; roofline: the YOLOv8n ones)")
+                        "640 px, batch 1, 2, 4 and 8; roofline: the YOLOv8n ones at batch 8)")
     parser.add_argument("--no-compile", action="store_true", help="roofline: skip the torch.compile rows")
     args = parser.parse_args(argv)
     args.json = args.json or f"bench_{args.what}.json"
@@ -289,7 +304,7 @@ def main(argv=None):
         Path(args.json).write_text(json.dumps({"torch": torch.__version__, "threads": args.threads, "rows": rows}, indent=2))
         print(f"wrote {args.json}")
         return
-    shapes = args.shapes or [s for family in MODULE_SHAPES.values() for s in family]
+    shapes = args.shapes or [(b, *m) for b in MODULE_BATCHES for maps in NECK_MAPS.values() for m in maps]
     runs = [("cpu", torch.float32)]
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True

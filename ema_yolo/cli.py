@@ -14,7 +14,9 @@ commands:
   video    run a model over a video and write an annotated video (`ema-yolo video -h`)
   attention  picture each attention layer's spatial weights and EigenCAM, models side by side (`ema-yolo attention -h`)
   check-exports  export to every Ultralytics format that runs here, compare with PyTorch (`ema-yolo check-exports -h`)
-  bench    benchmarks: `module` (fast EMA vs the published structure), `step` (a model's training step), `video`
+  check-device   EMA on a device: correct, deterministic, compiles, what it costs (`ema-yolo check-device -h`)
+  bench    benchmarks: `module` (fast EMA vs the published structure), `roofline` (in read+write passes), `step`
+           (a model's training step), `video`
   yolo     the stock `yolo` command with ema-yolo registered, for interpreters that skip .pth files
            (e.g. `ema-yolo yolo train model=yolov8n-ema.yaml data=coco8.yaml`)
 """
@@ -54,6 +56,8 @@ def main(argv=None):
         from .data.commands import synth_main as run
     elif command == "check-exports":
         from .export.check import main as run
+    elif command == "check-device":
+        from .check_device import main as run
     elif command == "yolo":
         import ema_yolo
         from ultralytics.cfg import entrypoint

@@ -23,10 +23,11 @@ def test_bench_roofline_reports_passes_for_every_implementation(tmp_path, capsys
     out = tmp_path / "roofline.json"
     main(["roofline", "--shapes", "2x64x8x8", "--no-compile", "--repeats", "1", "--rounds", "1", "--json", str(out)])
     (row,) = json.loads(out.read_text())["rows"]
-    assert row["shape"] == [2, 64, 8, 8] and row["pass ms"] > 0
-    keys = [f"{m} {p} passes" for m in ("EMA", "EMAReference") for p in ("forward", "forward+backward")]
+    assert row["shape"] == [2, 64, 8, 8] and row["pass ms warm"] > 0 and row["pass ms cold"] > 0
+    keys = [f"{m} {p} passes {t}" for m in ("EMA", "EMAReference") for p in ("forward", "forward+backward")
+            for t in ("warm", "cold")]
     assert all(row[k] > 0 for k in keys) and not any("compiled" in k for k in row)
-    assert "EMAReference forward+backward passes" in capsys.readouterr().out
+    assert "EMAReference forward+backward passes cold" in capsys.readouterr().out
 
 
 def test_bench_rejects_a_malformed_shape(capsys):

@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .ema_export import ema_export_forward, export_weights
 from .ema_function import autocast_off, ema, ema_forward
-from .ema_path import choose_path
+from .ema_path import choose_path, path_function
 from .ema_reference import published_ema
 from .graph_args import GraphArgsMeta
 
@@ -79,7 +79,8 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
     and softmax, and returns the input's dtype.
 
     Device rule (`ema_path`): the operator on CPU, where it was measured faster; on other devices the first call per
-    input shape times the operator against the published structure (`published_ema`) and runs the faster one.
+    input shape times the operator, the published structure (`published_ema`) and, on CUDA, the Triton operator
+    (`ema_triton`) and the compiled published structure, and runs the fastest.
 
     Group rule: EMA uses G = `factor` groups when `factor` divides `channels`; otherwise (including `channels <
     factor`) it uses the largest divisor of `channels` that is <= `factor` and logs that once. It never asserts.
@@ -160,9 +161,7 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
             return ema_export_forward(x, self.groups, self.group_channels, self.gn.eps, weights)
         if _traced() or _observed():
             return ema_forward(x, self.groups, self.gn.eps, *self._params())[0]  # exporters, op observers: plain ops
-        if torch.compiler.is_compiling() or choose_path(self, x) == "operator":
-            return self._operator(x)
-        return self._published(x)
+        return path_function(self, choose_path(self, x))(x)
 
     def _operator(self, x):
         return ema(x, self.groups, self.gn.eps, *self._params())

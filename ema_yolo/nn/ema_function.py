@@ -34,46 +34,56 @@ def _tap_slices(dy, dx):
     return (Ellipsis, dst_y, dst_x), (Ellipsis, src_y, src_x)
 
 
-def _tap_chunks(size):
-    """Split the 9 taps into chunks of at most `size` (a scratch buffer of cg planes holds cg tap planes)."""
-    return [list(range(9))[i : i + size] for i in range(0, 9, size)]
+def _tap_ranges(size):
+    """Split the 9 taps into consecutive ranges of at most `size` (a scratch buffer of cg planes holds cg tap planes)."""
+    return [range(i, min(9, i + size)) for i in range(0, 9, size)]
+
+
+# Tap planes of a map up to this size are allocated at once (one matrix product for all 9 taps): a few larger
+# operations are faster than filling a scratch buffer cg planes at a time, as each operation costs a fixed few us.
+PLANES_BYTES = 2**20
 
 
 def _add_conv_channel_sum(m, z, kernel, scratch=None):
     """Add sum_k kernel[k] (*) z[k] (3x3 cross-correlation, zero padding) to m: z (n, cg, h, w), m (n, h, w).
 
     Each tap's channel mix is one batched matmul (kernel taps x channels); the taps are then added shifted. `scratch`
-    (n * cg * h * w elements or more) receives the tap planes, cg at a time; without it (exports) they are allocated.
+    (n * cg * h * w elements or more) receives the tap planes, cg at a time, when all 9 would take more than
+    `PLANES_BYTES`; otherwise (and without it: exports) they are allocated.
     """
     n, cg, h, w = z.shape
     flat = z.view(n, cg, h * w)
-    for chunk in _tap_chunks(cg if scratch is not None else 9):
-        weight = kernel[:, chunk].t().expand(n, len(chunk), cg)
-        if scratch is None:
-            planes = torch.bmm(weight, flat)
-        else:
-            planes = torch.bmm(weight, flat, out=scratch.view(-1)[: n * len(chunk) * h * w].view(n, len(chunk), h * w))
-        planes = planes.view(n, len(chunk), h, w)
-        for i, tap in enumerate(chunk):
-            dst, src = _tap_slices(*_TAPS[tap])
-            m[dst] += planes[:, i][src]
+    small = scratch is None or n * 9 * h * w * z.element_size() <= PLANES_BYTES
+    for taps in _tap_ranges(9 if small else cg):
+        weight = kernel[:, taps.start : taps.stop].t().expand(n, len(taps), cg)
+        out = None if small else scratch.view(-1)[: n * len(taps) * h * w].view(n, len(taps), h * w)
+        planes = torch.bmm(weight, flat, out=out).view(n, len(taps), h, w)
+        for i, tap in enumerate(taps):
+            (_, dst_y, dst_x), (_, src_y, src_x) = _tap_slices(*_TAPS[tap])
+            m[:, dst_y, dst_x].add_(planes[:, i, src_y, src_x])  # not `+=`, which copies the sum onto itself again
     return m
 
 
 def _conv_channel_sum_backward(dm, z, kernel, dz, scratch):
-    """Backward of `_add_conv_channel_sum`: add its input gradient to dz and return the kernel's gradient (cg, 9)."""
+    """Backward of `_add_conv_channel_sum`: add its input gradient to dz and return the kernel's gradient (cg, 9).
+
+    The tap planes go into `scratch` cg at a time, or are allocated at once under `PLANES_BYTES`.
+    """
     n, cg, h, w = z.shape
     flat, dz_flat, d_kernel = z.view(n, cg, h * w), dz.view(n, cg, h * w), kernel.new_empty(kernel.shape)
-    for chunk in _tap_chunks(cg):
-        planes = scratch.view(-1)[: n * len(chunk) * h * w].view(n, len(chunk), h, w).zero_()
-        for i, tap in enumerate(chunk):  # the output position each input position fed: the mirrored shift
+    small = n * 9 * h * w * z.element_size() <= PLANES_BYTES
+    for taps in _tap_ranges(9 if small else cg):
+        chunk = slice(taps.start, taps.stop)
+        planes = z.new_zeros((n, 9, h, w)) if small else scratch.view(-1)[: n * len(taps) * h * w].zero_()
+        planes = planes.view(n, len(taps), h, w)
+        for i, tap in enumerate(taps):  # the output position each input position fed: the mirrored shift
             dy, dx = _TAPS[tap]
             dst, src = _tap_slices(2 - dy, 2 - dx)
             planes[:, i][dst] = dm[src]
-        planes = planes.view(n, len(chunk), h * w)
+        planes = planes.view(n, len(taps), h * w)
         # (taps, cg) then transposed: with a single tap this is the fast vector-on-the-left product
         d_kernel[:, chunk] = torch.bmm(planes, flat.transpose(1, 2)).sum(0).t()
-        dz_flat.baddbmm_(kernel[:, chunk].expand(n, cg, len(chunk)), planes)
+        dz_flat.baddbmm_(kernel[:, chunk].expand(n, cg, len(taps)), planes)
     return d_kernel
 
 
@@ -100,6 +110,30 @@ def _gate_product(z, gate_h, gate_w, scratch=None):
     return torch.mul(z, gate_h.unsqueeze(-1), out=out).mul_(gate_w.unsqueeze(-2))
 
 
+def _pool_gates(row_sum, col_sum, w1, b1):
+    """Directional pooling and the shared 1x1 conv, from the row sums (k, cg, h) and column sums (k, cg, w) of z:
+    pooled (k, cg, h + w), as the published code concatenates them, and the sigmoid gates (k, cg, h + w)."""
+    h, w = row_sum.shape[-1], col_sum.shape[-1]
+    pooled = torch.cat((row_sum / w, col_sum / h), -1)
+    return pooled, torch.matmul(w1, pooled).add_(b1.unsqueeze(-1)).sigmoid_()
+
+
+def _branch_softmax(z, row_sum, col_sum, w3, b3):
+    """The 3x3 branch's window sums `taps` (k, cg, 3, 3) and s2 (k, cg), softmax over its spatial mean.
+
+    Tap (a, b) sees every row but the last (a = 0) or the first (a = 2), and likewise columns. By inclusion-exclusion:
+    total - excluded row - excluded column + their corner.
+    """
+    k, cg, h, w = z.shape
+    total, zero = row_sum.sum(2), torch.zeros_like(row_sum[..., 0])
+    row_out = torch.stack((row_sum[..., -1], zero, row_sum[..., 0]), -1)  # (k, cg, 3)
+    col_out = torch.stack((col_sum[..., -1], zero, col_sum[..., 0]), -1)
+    corners = (z[..., -1, -1], zero, z[..., -1, 0], zero, zero, zero, z[..., 0, -1], zero, z[..., 0, 0])
+    taps = torch.stack(corners, -1).view(k, cg, 3, 3) - row_out.unsqueeze(-1) - col_out.unsqueeze(-2)
+    taps += total.view(k, cg, 1, 1)
+    return taps, torch.softmax(torch.mm(taps.view(k, cg * 9), w3.reshape(cg, cg * 9).t()) / (h * w) + b3, 1)
+
+
 def _forward_chunk(z, eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel, out=None, scratch=None):
     """EMA of group-samples z (k, cg, h, w); returns the output and the tensors the backward needs for them.
 
@@ -109,10 +143,8 @@ def _forward_chunk(z, eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel, out=None, scr
     k, cg, h, w = z.shape
     hw = h * w
 
-    # Directional pooling and the shared 1x1 conv: gates (k, cg, h) and (k, cg, w).
     row_sum, col_sum = z.sum(3), z.sum(2)
-    pooled = torch.cat((row_sum / w, col_sum / h), -1)  # (k, cg, h + w), as the published code concatenates them
-    gates = torch.matmul(w1, pooled).add_(b1.unsqueeze(-1)).sigmoid_()
+    pooled, gates = _pool_gates(row_sum, col_sum, w1, b1)
     gate_h, gate_w = gates[..., :h], gates[..., h:]
 
     # GroupNorm(cg, cg) of t = z * g_h * g_w: its centred values d = t - mean (two-pass variance); the normalised
@@ -122,15 +154,7 @@ def _forward_chunk(z, eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel, out=None, scr
     d.sub_(mean.view(k, cg, 1, 1))
     rstd = torch.rsqrt(torch.linalg.vector_norm(d, dim=(2, 3)).square_() / hw + eps)  # (k, cg)
 
-    # The 3x3 branch's spatial mean from window sums of z: tap (a, b) sees every row but the last (a = 0) or the first
-    # (a = 2), and likewise columns. By inclusion-exclusion: total - excluded row - excluded column + their corner.
-    total, zero = row_sum.sum(2), torch.zeros_like(row_sum[..., 0])
-    row_out = torch.stack((row_sum[..., -1], zero, row_sum[..., 0]), -1)  # (k, cg, 3)
-    col_out = torch.stack((col_sum[..., -1], zero, col_sum[..., 0]), -1)
-    corners = (z[..., -1, -1], zero, z[..., -1, 0], zero, zero, zero, z[..., 0, -1], zero, z[..., 0, 0])
-    taps = torch.stack(corners, -1).view(k, cg, 3, 3) - row_out.unsqueeze(-1) - col_out.unsqueeze(-2)
-    taps += total.view(k, cg, 1, 1)  # (k, cg, 3, 3)
-    s2 = torch.softmax(torch.mm(taps.view(k, cg * 9), w3.reshape(cg, cg * 9).t()) / hw + b3, 1)
+    taps, s2 = _branch_softmax(z, row_sum, col_sum, w3, b3)
 
     # m = s2-weighted sum of gn(t) + s1-weighted sum of conv3x3(z); the latter is one 3x3 kernel per input channel.
     const = (s2 * gn_b).sum(1) + (s1 * b3).sum()
@@ -147,10 +171,11 @@ def _prepare(x, groups, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x
     acc = torch.promote_types(x.dtype, torch.float32)
     z = x.to(acc).reshape(b * groups, cg, h, w).contiguous()  # contiguous whatever the input's layout: flat views
     gn_w, gn_b, w1, b1, w3, b3 = (
-        p.to(acc) for p in (gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias)
+        p if p.dtype == acc else p.to(acc)  # no call where none is needed: each costs what small maps notice
+        for p in (gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias)
     )
     s1 = torch.softmax(gn_b, 0)  # the spatial mean of gn(.) is exactly its bias
-    kernel = torch.einsum("k,kjyx->jyx", s1, w3).reshape(cg, 9)
+    kernel = torch.mm(s1.view(1, cg), w3.reshape(cg, cg * 9)).view(cg, 9)  # sum_k s1[k] conv3x3.weight[k]; not torch.mv, whose ONNX export gave wrong values here
     return z, (gn_w, gn_b, w1.reshape(cg, cg), b1, w3, b3, s1, kernel)
 
 
@@ -161,10 +186,15 @@ def ema_forward(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias
     float32 or wider whatever the input dtype (the output has the input's dtype), like autocast does for GroupNorm
     and softmax.
     """
-    z, (gn_w, gn_b, w1, b1, w3, b3, s1, kernel) = _prepare(
-        x, groups, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias
-    )
-    out, (mean, *saved) = _forward_chunk(z, eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel)
+    z, weights = _prepare(x, groups, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias)
+    return _forward_whole(x, z, eps, weights)
+
+
+def _forward_whole(x, z, eps, weights, out=None):
+    """`ema_forward` of the group-samples z of `x` (as `_prepare` returns them, with `weights`), in one piece; `out`
+    (z's shape and dtype), when given, also holds the 3x3 branch's tap planes before the output."""
+    gn_w, gn_b, w1, b1, w3, b3, s1, kernel = weights
+    out, (mean, *saved) = _forward_chunk(z, eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel, out)
     return out.view(x.shape).to(x.dtype), (mean, *saved, s1, kernel)
 
 
@@ -176,11 +206,18 @@ def _saved_shapes(x, groups):
 
 
 def _ema_forward_chunked(x, groups, eps, *params):
-    """`ema_forward` in cache-sized chunks into buffers it owns (the eager operator's kernel); same results."""
-    z, (gn_w, gn_b, w1, b1, w3, b3, s1, kernel) = _prepare(x, groups, *params)
+    """`ema_forward` in cache-sized chunks into buffers it owns (the eager operator's kernel); same results.
+
+    A map that fits the cache is one chunk and runs as `ema_forward` does: owned buffers would only add copies, each a
+    fixed cost that small maps do not hide.
+    """
+    z, weights = _prepare(x, groups, *params)
+    slices, size = _chunks(z)
+    if len(slices) == 1:
+        return _forward_whole(x, z, eps, weights, torch.empty_like(z))
+    gn_w, gn_b, w1, b1, w3, b3, s1, kernel = weights
     n, cg, h, w = z.shape
     out = torch.empty(z.shape, dtype=x.dtype, device=x.device)
-    slices, size = _chunks(z)
     scratch = z.new_empty((size, cg, h, w))
     chunk_out = out if out.dtype == z.dtype else z.new_empty((size, cg, h, w))
     saved = [z.new_empty(shape) for shape in _saved_shapes(x, groups)[:7]]  # all but s1 and K: per group-sample
@@ -268,19 +305,34 @@ def _setup_context(ctx, inputs, output):
     ctx.x_dtype = x.dtype
 
 
-def _backward_rule(ctx, output_grads):
-    grads = ema_backward_op(output_grads[0], *ctx.saved_tensors)  # the saved tensors' grads are None
-    return (
-        grads[0].to(ctx.x_dtype), None, None,
-        *(g.view(shape).to(dtype) for g, (shape, dtype) in zip(grads[1:], ctx.param_meta)),
-    )
+def register_autograd(forward_op, backward_op):
+    """Make `forward_op` (this module's `ema_op` or an operator with its signature and outputs) differentiable once
+    through `backward_op` (with `ema_backward_op`'s signature and outputs)."""
+
+    def backward_rule(ctx, output_grads):
+        grads = backward_op(output_grads[0], *ctx.saved_tensors)  # the saved tensors' grads are None
+        return (
+            grads[0].to(ctx.x_dtype), None, None,
+            *(g.view(shape).to(dtype) for g, (shape, dtype) in zip(grads[1:], ctx.param_meta)),
+        )
+
+    forward_op.register_autograd(backward_rule, setup_context=_setup_context)
 
 
-ema_op.register_autograd(_backward_rule, setup_context=_setup_context)
+register_autograd(ema_op, ema_backward_op)
 
 
 def ema(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias):
-    """EMA of `x` (B, C, H, W) through the `ema_yolo::ema_<VERSION>` operator (differentiable once); the output."""
+    """EMA of `x` (B, C, H, W) through the `ema_yolo::ema_<VERSION>` operator (differentiable once); the output.
+
+    Without autograd in eager mode (inference) the operator's kernel runs without the operator: its dispatch costs a
+    fixed ~0.1 ms per call on the 2-core development CPU, which decided small maps against the published structure.
+    """
+    if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        with autocast_off(x.device.type):
+            return _ema_forward_chunked(
+                x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias
+            )[0]
     return ema_op(x, groups, eps, gn_weight, gn_bias, conv1x1_weight, conv1x1_bias, conv3x3_weight, conv3x3_bias)[0]
 
 
@@ -300,15 +352,20 @@ def _backward(grad_out, z, mean, gates, sig, s2, rstd, taps, pooled, s1, kernel,
         saved = (mean[sl], gates[sl], sig[sl], s2[sl], rstd[sl], taps[sl], pooled[sl])
         part = _backward_chunk(go[sl], z[sl], *saved, s1, kernel, gn_w, gn_b, w1, w3, b3, dz[sl], scratch)
         sums = part if sums is None else [a + b for a, b in zip(sums, part)]
-    d_gn_w, d_gn_b, d_w1, d_b1, d_kernel, d_w3, d_b3, d_sum = sums
+    return (dz, *_param_grads(sums, s1, w3, b3))
 
-    # s1 = softmax(gn.bias) weighs the 3x3 kernel and bias: K = sum_k s1[k] conv3x3.weight[k].
+
+def _param_grads(sums, s1, w3, b3):
+    """The parameters' gradients (flat) from the sums over group-samples that `_backward_chunk` returns: adds the
+    terms through s1 = softmax(gn.bias), which weighs the 3x3 kernel and bias: K = sum_k s1[k] conv3x3.weight[k]."""
+    d_gn_w, d_gn_b, d_w1, d_b1, d_kernel, d_w3, d_b3, d_sum = sums
+    cg = s1.shape[0]
     d_kernel = d_kernel.view(cg, 3, 3)
     d_s1 = torch.einsum("kjyx,jyx->k", w3, d_kernel) + b3 * d_sum
     d_gn_b = d_gn_b + s1 * (d_s1 - (s1 * d_s1).sum())
     d_w3 = d_w3 + s1.view(cg, 1, 1, 1) * d_kernel
     d_b3 = d_b3 + s1 * d_sum
-    return dz, d_gn_w, d_gn_b, d_w1.reshape(-1), d_b1, d_w3.reshape(-1), d_b3
+    return d_gn_w, d_gn_b, d_w1.reshape(-1), d_b1, d_w3.reshape(-1), d_b3
 
 
 def _backward_chunk(go, z, mean, gates, sig, s2, rstd, taps, pooled, s1, kernel, gn_w, gn_b, w1, w3, b3, dz, scratch):
@@ -355,6 +412,24 @@ def _backward_chunk(go, z, mean, gates, sig, s2, rstd, taps, pooled, s1, kernel,
     # 3x3 branch, m += sum_k K[k] (*) z[k]; dt's memory is free scratch now.
     d_kernel = _conv_channel_sum_backward(dm, z, kernel, dz, scratch=dt)
 
+    d_w1, d_b1, d_w3, d_b3, d_h, d_w, d_taps = _gates_backward(d_gates, d_s2, gates, pooled, s2, taps, w1, w3, h)
+    dz.add_(d_h.unsqueeze(-1)).add_(d_w.unsqueeze(-2))
+    for (i, j), (ty, tx) in zip(((-1, -1), (-1, 0), (0, -1), (0, 0)), ((0, 0), (0, 2), (2, 0), (2, 2))):
+        dz[..., i, j] += d_taps[..., ty, tx]
+    return [d_gn_w, d_gn_b, d_w1, d_b1, d_kernel, d_w3, d_b3, d_sum.sum()]
+
+
+def _gates_backward(d_gates, d_s2, gates, pooled, s2, taps, w1, w3, h):
+    """Backward of `_pool_gates` and `_branch_softmax` for one chunk, given the gradients of the gates (k, cg, h + w)
+    and of s2 (k, cg), for maps of height `h`.
+
+    Returns the chunk's share of d conv1x1.weight, d conv1x1.bias, d conv3x3.weight and d conv3x3.bias (s2 path),
+    then what z receives through the pooling and window sums: per row d_h (k, cg, h), per column d_w (k, cg, w), and
+    at the four corners d_taps[..., a, b] (k, cg, 3, 3) for (a, b) = (0, 0) at (-1, -1), (0, 2) at (-1, 0), (2, 0) at
+    (0, -1) and (2, 2) at (0, 0).
+    """
+    w = gates.shape[-1] - h
+    hw = h * w
     # Gates: g = sigmoid(conv1x1(pooled)), the same 1x1 conv for both directions.
     d_act = torch.ops.aten.sigmoid_backward(d_gates, gates)
     d_w1 = torch.bmm(d_act, pooled.transpose(1, 2)).sum(0)
@@ -374,7 +449,4 @@ def _backward_chunk(go, z, mean, gates, sig, s2, rstd, taps, pooled, s1, kernel,
     d_h[..., 0] -= d_taps[:, :, 2].sum(-1)
     d_w[..., -1] -= d_taps[..., 0].sum(-1)
     d_w[..., 0] -= d_taps[..., 2].sum(-1)
-    dz.add_(d_h.unsqueeze(-1)).add_(d_w.unsqueeze(-2))
-    for (i, j), (ty, tx) in zip(((-1, -1), (-1, 0), (0, -1), (0, 0)), ((0, 0), (0, 2), (2, 0), (2, 2))):
-        dz[..., i, j] += d_taps[..., ty, tx]
-    return [d_gn_w, d_gn_b, d_w1, d_b1, d_kernel, d_w3, d_mean.sum(0), d_sum.sum()]
+    return d_w1, d_b1, d_w3, d_mean.sum(0), d_h, d_w, d_taps

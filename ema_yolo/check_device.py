@@ -1,0 +1,367 @@
+"""`ema-yolo check-device`: one report that EMA on a device is correct, deterministic when asked, compiles, and what
+it costs, measured in one process.
+
+Sections (each a table on stdout, all of them in the JSON with `--json FILE`):
+
+- versions: Python, torch, Triton, CUDA, Ultralytics, the device's name;
+- correctness: `EMA` (the implementation the path rule picks, and on CUDA also the Triton operator) against the
+  published module (`EMAReference`) in float64 on the same input, forward and every gradient (input and six
+  parameters), at the YOLOv8s neck maps at 640 px, batch 16: float32, float16 and bfloat16 autocast (the input in
+  the autocast dtype, as the layer before hands it over), and float32 channels_last. The error is the largest absolute
+  difference divided by the largest absolute reference value, per tensor, against the stated tolerance `TOLERANCES`;
+- determinism: under `torch.use_deterministic_algorithms(True)` two forward+backward passes of EMA give bit-identical
+  gradients; the published structure's behaviour there is reported (on CUDA its adaptive pools have no deterministic
+  backward: an error);
+- path: the path rule's decision per shape (`ema_path.choose_path`) and the timings of every candidate on the device,
+  forward+backward;
+- compile: `torch.compile` (inductor) of yolov8n-ema forward+backward against eager (outputs and every parameter
+  gradient), and the number of graph breaks (`torch._dynamo.explain`);
+- step: a training step (forward in training mode and backward; AMP on accelerators) of yolov8s, yolov8s-ema,
+  yolov8s-ema with the published module and yolov8s-c2f-ema, timed interleaved: milliseconds per step, the bytes
+  autograd saves for the backward (every device) and the allocator's peak (CUDA), and their ratios to yolov8s.
+
+`--quick` runs the same sections smaller (batch 2 and 1/4 of the maps, fewer repeats, compile of one EMA module
+instead of the whole model, the step at 128 px): under 3 minutes on a 2-core CPU.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .bench import NECK_MAPS, format_table, with_reference_ema
+from .timing import time_calls
+
+__all__ = ("SECTIONS", "TOLERANCES", "check_device", "main")
+
+SECTIONS = ("versions", "correctness", "determinism", "path", "compile", "step")
+
+# Largest |EMA - published| / largest |published|, per tensor: (forward, gradients). float32: rounding of ~60
+# operations in another order; autocast: EMA computes in float32 and returns the input's dtype, so the output carries
+# that dtype's rounding (float16 2^-11, bfloat16 2^-8) and the gradients the rounding of the incoming gradient.
+TOLERANCES = {
+    "float32": (1e-4, 1e-3),
+    "float32 channels_last": (1e-4, 1e-3),
+    "float16 autocast": (2e-3, 1e-2),
+    "bfloat16 autocast": (1.6e-2, 6e-2),
+}
+
+
+def _progress(message):
+    print(f"check-device: {message}", file=sys.stderr, flush=True)
+
+
+def _device(text):
+    """Parse a device: 0 / 1 (CUDA index), cpu, mps, cuda, cuda:1, xpu ...; error if this torch cannot use it."""
+    device = torch.device(f"cuda:{text}" if text.isdigit() else text)
+    if device.type != "cpu":
+        backend = getattr(torch, device.type, None)
+        if backend is None or not backend.is_available():
+            raise argparse.ArgumentTypeError(f"device {text!r} is not available to this torch ({torch.__version__})")
+    return device
+
+
+def _shapes(quick):
+    """The YOLOv8s neck maps at 640 px, batch 16; quick: batch 2 and a quarter of each side."""
+    return [(2, c, h // 4, w // 4) if quick else (16, c, h, w) for c, h, w in NECK_MAPS["yolov8s"]]
+
+
+def versions(device):
+    """Versions of what EMA runs on: Python, torch, Triton, CUDA, Ultralytics, and the device's name."""
+    import ultralytics
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {
+        "device": str(device), "name": name, "python": platform.python_version(), "torch": torch.__version__,
+        "triton": triton_version, "cuda": torch.version.cuda, "ultralytics": ultralytics.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _modules(channels, device):
+    """A published module with random (non-default) weights and an `EMA` loaded from it, on `device`."""
+    from .nn import EMA, EMAReference, ema_groups
+
+    torch.manual_seed(0)
+    ref = EMAReference(channels, ema_groups(channels))
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    fast = EMA(channels)
+    fast.load_state_dict(ref.state_dict())
+    return ref.to(device), fast.to(device)
+
+
+def _float64_device(device):
+    """Where the float64 reference runs: the device, or the CPU where it has no float64 (MPS)."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
+def _relative_errors(outputs, references):
+    return [((a.double() - b.double().to(a.device)).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+            for a, b in zip(outputs, references)]
+
+
+def correctness(device, shapes):
+    """Rows per (shape, mode, implementation): forward and worst gradient errors against the published module in
+    float64, and whether they are within `TOLERANCES`."""
+    from .nn.ema_path import path_function
+    from .nn.ema_triton import available
+
+    rows = []
+    for shape in shapes:
+        ref, fast = _modules(shape[1], device)
+        ref64 = ref.to(_float64_device(device), torch.float64)
+        x = torch.randn(shape, device=device)
+        go = torch.randn(shape, device=device)
+        for mode, (tol_fwd, tol_grad) in TOLERANCES.items():
+            dtype = {"float16 autocast": torch.float16, "bfloat16 autocast": torch.bfloat16}.get(mode, torch.float32)
+            xin = x.to(dtype)
+            if mode.endswith("channels_last"):
+                xin = xin.contiguous(memory_format=torch.channels_last)
+            x64 = xin.detach().to(ref64.conv1x1.weight.device, torch.float64).requires_grad_()
+            y64 = ref64(x64)
+            grads64 = torch.autograd.grad(y64, [x64, *ref64.parameters()], go.to(x64))
+            impls = {"EMA": fast}
+            if available(device):
+                impls["Triton operator"] = path_function(fast, "triton")
+            for impl, fn in impls.items():
+                probe = xin.detach().requires_grad_()
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                    y = fn(probe)
+                grads = torch.autograd.grad(y, [probe, *fast.parameters()], go.to(y.dtype))
+                fwd, *grad_errors = _relative_errors([y, *grads], [y64, *grads64])
+                rows.append({
+                    "shape": list(shape), "mode": mode, "implementation": impl, "output dtype": str(y.dtype)[6:],
+                    "forward error": float(f"{fwd:.2e}"), "worst gradient error": float(f"{max(grad_errors):.2e}"),
+                    "tolerance": f"{tol_fwd:g} / {tol_grad:g}",
+                    "pass": y.dtype == xin.dtype and fwd <= tol_fwd and max(grad_errors) <= tol_grad,
+                })
+        _progress(f"correctness {tuple(shape)} done")
+    return rows
+
+
+def _grads_twice(module, x):
+    """The input's and the parameters' gradients of two forward+backward passes."""
+    runs = []
+    for _ in range(2):
+        probe = x.detach().requires_grad_()
+        out = module(probe)
+        runs.append(torch.autograd.grad(out.square().sum(), [probe, *module.parameters()]))
+    return runs
+
+
+def determinism(device, shapes):
+    """Under deterministic algorithms: are EMA's gradients bit-identical over two passes; what the published does."""
+    rows = []
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for shape in shapes:
+            ref, fast = _modules(shape[1], device)
+            x = torch.randn(shape, device=device)
+            row = {"shape": list(shape)}
+            for name, module in (("EMA", fast), ("published", ref)):
+                try:
+                    first, second = _grads_twice(module, x)
+                    row[name] = "bit-identical" if all(torch.equal(a, b) for a, b in zip(first, second)) else "differs"
+                except RuntimeError as e:  # e.g. CUDA adaptive pooling: no deterministic backward
+                    row[name] = f"error: {str(e).splitlines()[0][:120]}"
+            row["pass"] = row["EMA"] == "bit-identical"
+            rows.append(row)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    return rows
+
+
+def path(device, shapes):
+    """The path rule's decision per shape, forward+backward, with every candidate's time on the device."""
+    from .nn import ema_path
+
+    rows = []
+    for shape in shapes:
+        _, fast = _modules(shape[1], device)
+        x = torch.randn(shape, device=device, requires_grad=True)
+        decision = ema_path.choose_path(fast, x)
+        costs = ema_path.path_costs(fast, x, True, ema_path.candidates(device))
+        rows.append({
+            "shape": list(shape), "decision": decision, "fastest measured": min(costs, key=costs.get),
+            **{f"{ema_path.LABELS[name]} ms": round(cost * 1e3, 3) for name, cost in costs.items()},
+        })
+    return rows
+
+
+def _forward_backward(model, x):
+    """Outputs and the parameter gradients of the summed squares of every output tensor."""
+    from .bench import _training_step
+
+    model.zero_grad(set_to_none=True)
+    outputs = _training_step(model, x)
+    return outputs, [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+
+
+def compile_check(device, quick):
+    """torch.compile (inductor) against eager, forward+backward: yolov8n-ema (quick: one EMA module)."""
+    import torch._dynamo
+
+    from .nn import EMA
+
+    torch.manual_seed(0)
+    if quick:
+        what, model, x = "EMA(64)", EMA(64).to(device), torch.randn(2, 64, 20, 20, device=device)
+    else:
+        from ultralytics.nn.tasks import DetectionModel
+
+        from . import register
+
+        register()
+        what = "yolov8n-ema"
+        model = DetectionModel("yolov8n-ema.yaml", verbose=False).to(device).train()
+        x = torch.randn(2, 3, 640, 640, device=device)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(x)
+    start = time.perf_counter()
+    compiled = torch.compile(model)
+    eager_out, eager_grads = _forward_backward(model, x)
+    out, grads = _forward_backward(compiled, x)
+    seconds = time.perf_counter() - start
+    errors = _relative_errors([*out, *grads], [*eager_out, *eager_grads])
+    return [{
+        "model": what, "input": list(x.shape), "graphs": explanation.graph_count,
+        "graph breaks": explanation.graph_break_count, "worst relative error": float(f"{max(errors):.2e}"),
+        "tolerance": 1e-3, "compile+run s": round(seconds, 1),
+        "pass": explanation.graph_break_count == 0 and max(errors) <= 1e-3,
+    }]
+
+
+class _SavedBytes:
+    """Bytes of the distinct storages autograd saves for the backward while active (activation memory)."""
+
+    def __init__(self):
+        self.storages = {}
+
+    def pack(self, t):
+        storage = t.untyped_storage()
+        self.storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    @property
+    def total(self):
+        return sum(self.storages.values())
+
+
+def step(device, quick, repeats, rounds):
+    """Training steps of yolov8s, yolov8s-ema, yolov8s-ema with the published module and yolov8s-c2f-ema."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from . import register
+    from .bench import _training_step
+
+    register()
+    imgsz, batch = (128, 2) if quick else (640, 8 if device.type != "cpu" else 2)
+    torch.manual_seed(0)
+    models = {
+        "yolov8s": DetectionModel("yolov8s.yaml", verbose=False),
+        "yolov8s-ema": DetectionModel("yolov8s-ema.yaml", verbose=False),
+    }
+    models["yolov8s-ema, published module"] = with_reference_ema(models["yolov8s-ema"])
+    models["yolov8s-c2f-ema"] = DetectionModel("yolov8s-c2f-ema.yaml", verbose=False)
+    x = torch.randn(batch, 3, imgsz, imgsz, device=device)
+    amp = device.type != "cpu"
+
+    def run(model):
+        with torch.autocast(device.type, enabled=amp):
+            _training_step(model, x)
+
+    times, saved, peak = {}, {}, {}
+    for name, model in models.items():
+        model.to(device).train()
+        counter = _SavedBytes()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
+            run(model)  # also the warm-up step before the timed ones
+        saved[name] = counter.total
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            peak[name] = torch.cuda.max_memory_allocated(device)
+        model.zero_grad(set_to_none=True)
+    for _ in range(rounds):
+        for name, model in models.items():
+            times.setdefault(name, []).extend(time_calls(lambda m=model: run(m), device, repeats, warmup=0))
+            model.zero_grad(set_to_none=True)
+    ms = {name: statistics.median(v) * 1e3 for name, v in times.items()}
+    rows = []
+    for name in models:
+        row = {"model": name, "input": [batch, 3, imgsz, imgsz], "amp": amp, "ms/step": round(ms[name], 1),
+               "time ratio": round(ms[name] / ms["yolov8s"], 3), "saved MB": round(saved[name] / 2**20, 1),
+               "saved ratio": round(saved[name] / saved["yolov8s"], 3)}
+        if peak:
+            row |= {"peak MB": round(peak[name] / 2**20, 1), "peak ratio": round(peak[name] / peak["yolov8s"], 3)}
+        rows.append(row)
+    return rows
+
+
+def check_device(device, quick=False, sections=SECTIONS):
+    """Run the requested sections on `device`; return {section: rows} (versions: one dict)."""
+    shapes = _shapes(quick)
+    report = {}
+    for section in sections:
+        _progress(f"{device}: {section}")
+        start = time.perf_counter()
+        if section == "versions":
+            report[section] = versions(device)
+        elif section == "correctness":
+            report[section] = correctness(device, shapes)
+        elif section == "determinism":
+            report[section] = determinism(device, shapes[-1:] if quick else shapes)
+        elif section == "path":
+            report[section] = path(device, shapes)
+        elif section == "compile":
+            report[section] = compile_check(device, quick)
+        elif section == "step":
+            report[section] = step(device, quick, repeats=1 if quick else 3, rounds=3)
+        _progress(f"{device}: {section} took {time.perf_counter() - start:.1f} s")
+    return report
+
+
+def main(argv=None):
+    """`ema-yolo check-device [--device 0|cpu|mps ...] [--quick] [--json FILE] [--sections ...]`."""
+    parser = argparse.ArgumentParser(prog="ema-yolo check-device", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", nargs="+", type=_device, default=None,
+                        help="devices to check: a CUDA index (0), cuda:N, mps, xpu or cpu (default: CUDA 0 if "
+                        "available, else cpu)")
+    parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats, one EMA module compiled")
+    parser.add_argument("--json", help="also write the report as JSON to this file")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
+    args = parser.parse_args(argv)
+    devices = args.device or [torch.device("cuda:0" if torch.cuda.is_available() else "cpu")]
+    reports = {}
+    for device in devices:
+        report = reports[str(device)] = check_device(device, args.quick, args.sections)
+        print(f"# ema-yolo check-device: {device}{' (quick)' if args.quick else ''}\n")
+        for section, rows in report.items():
+            print(f"## {section}\n\n{format_table(rows if isinstance(rows, list) else [rows])}\n")
+    failed = [f"{device} {section}" for device, report in reports.items() for section, rows in report.items()
+              if isinstance(rows, list) and not all(r.get("pass", True) for r in rows)]
+    if args.json:
+        Path(args.json).write_text(json.dumps(reports, indent=2))
+        print(f"wrote {args.json}")
+    print(f"failed: {', '.join(failed)}" if failed else "all checks passed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
