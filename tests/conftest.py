@@ -66,3 +66,13 @@ def make_stock_checkpoint():
 def stock_yolov8n_nc3(tmp_path_factory):
     """A random stock yolov8n checkpoint with the 3 classes of `tiny_dataset`."""
     return _stock_checkpoint(tmp_path_factory.mktemp("stock") / "yolov8n-nc3.pt", "yolov8n.yaml", nc=3, seed=1)
+
+
+@pytest.fixture(autouse=True)
+def _no_deterministic_algorithms_left_on():
+    """Ultralytics' trainer turns on `torch.use_deterministic_algorithms` for the whole process (`deterministic=True`,
+    its default) and leaves it on; tests that train in-process must not change what later tests run."""
+    import torch
+
+    yield
+    torch.use_deterministic_algorithms(False)
