@@ -501,7 +501,7 @@ def paired_bootstrap(baseline, variant, resamples=1000, seed=0, keys=None, progr
     n = len(baseline)
 
     def differences(weights):  # (seeds, keys) variant - baseline, NaN where undefined
-        values = np.array([[np.nan if (v := r.metrics(weights)[key]) is None else v for key in keys] for r in runs])
+        values = np.array([[np.nan if v is None else v for v in map(r.metrics(weights).get, keys)] for r in runs])
         return values[n:] - values[:n]
 
     full = differences(None)
