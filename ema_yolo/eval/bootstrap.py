@@ -271,6 +271,7 @@ class CocoMatches(Matches):
         self.gt_cell, self.gt_image = np.array(gt_cell, np.int64), np.array(gt_image, np.int64)
         self.gt_count = np.array(gt_count, np.int64)
         self._rankings = {}
+        self._ranking(self.max_dets[-1])  # what `metrics` needs; the smaller maxDets' only for `accumulate`
 
     def _ranking(self, max_det):
         """The `_Ranking` of the first `max_det` detections of each image and category (built once)."""
