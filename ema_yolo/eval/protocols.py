@@ -26,7 +26,8 @@ import numpy as np
 from ..data.coco import COCO_IDS_FILE
 from .visdrone_toolkit import evaluate_toolkit, keep_outside_ignored
 
-__all__ = ("EvalError", "GroundTruth", "evaluate", "load_ground_truth", "match_classes", "visdrone_kept")
+__all__ = ("EvalError", "GroundTruth", "checked_categories", "coco_evaluator", "evaluate", "load_ground_truth",
+           "match_classes", "visdrone_images", "visdrone_kept")
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 VISDRONE_KEYS = ("AP", "AP50", "AP75", "AR1", "AR10", "AR100", "AR500")
@@ -210,6 +211,18 @@ def match_classes(model_names, gt):
     return mapping, [n for n in gt.names.values() if n not in set(model_names.values())]
 
 
+def checked_categories(gt, predictions, source="predictions", classes=None):
+    """The category ids `evaluate` scores: those of the dataset classes named in `classes` (default: all).
+
+    Raises:
+        EvalError: If a prediction names an image or a category id the split does not have (the message names
+            `source`).
+    """
+    _check_predictions(predictions, gt, source)
+    names = {gt.category_ids[i]: name for i, name in gt.names.items()}
+    return [c for c in gt.category_ids if classes is None or names[c] in classes]
+
+
 def _check_predictions(predictions, gt, source):
     image_ids = {im["id"] for im in gt.coco["images"]}
     unknown = sorted({p.get("image_id") for p in predictions} - image_ids, key=str)
@@ -244,8 +257,18 @@ def visdrone_kept(gt, image, detections):
     return detections[:500]
 
 
-def _visdrone(gt, predictions, categories, in_file_order):
-    """The `visdrone` protocol: the toolkit's evaluation (`visdrone_toolkit`) of the split."""
+def visdrone_images(gt, predictions, in_file_order=False):
+    """The `visdrone` protocol's per-image input to `visdrone_toolkit`: ground truth and detections outside the
+    ignored regions, at most 500 detections per image (`visdrone_kept`), in `gt.coco` image order.
+
+    Args:
+        gt (GroundTruth): The split.
+        predictions (list[dict]): `save_json`-format detections (already checked against `gt`).
+        in_file_order (bool): As for `evaluate`.
+
+    Returns:
+        (list[dict]): Per image: `gt_boxes` (G, 4), `gt_classes` (G,), `boxes` (D, 4), `scores` (D,), `classes` (D,).
+    """
     groups = by_image(predictions) if in_file_order else by_score(predictions)
     annotations = by_image(a for a in gt.coco["annotations"] if not a["iscrowd"])
     images = []
@@ -259,11 +282,21 @@ def _visdrone(gt, predictions, categories, in_file_order):
                        "boxes": np.array([d["bbox"] for d in dets], np.float64).reshape(-1, 4),
                        "scores": np.array([d["score"] for d in dets], np.float64),
                        "classes": np.array([d["category_id"] for d in dets])})
-    return evaluate_toolkit(images, categories)
+    return images
 
 
-def _coco(gt, predictions, categories):
-    """The `coco` protocol: pycocotools' COCOeval, bbox, maxDets 1/10/100, over `categories`."""
+def coco_evaluator(gt, predictions, categories):
+    """The `coco` protocol's pycocotools COCOeval (bbox, maxDets 1/10/100, over `categories`) after its per-image
+    matching (`evaluate()`), before `accumulate()`. Image ids are numbered in `gt.coco` image order.
+
+    Args:
+        gt (GroundTruth): The split.
+        predictions (list[dict]): `save_json`-format detections (already checked against `gt`).
+        categories (list[int]): The category ids to evaluate.
+
+    Returns:
+        (pycocotools.cocoeval.COCOeval): With `evalImgs` filled.
+    """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -288,6 +321,13 @@ def _coco(gt, predictions, categories):
         evaluator = COCOeval(api, results, "bbox")
         evaluator.params.catIds = list(categories)
         evaluator.evaluate()
+    return evaluator
+
+
+def _coco(gt, predictions, categories):
+    """The `coco` protocol: pycocotools' COCOeval (`coco_evaluator`), accumulated and summarised."""
+    evaluator = coco_evaluator(gt, predictions, categories)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         evaluator.accumulate()
         evaluator.summarize()
     precision = evaluator.eval["precision"]  # [T, R, K, A, M]
@@ -321,11 +361,10 @@ def evaluate(gt, predictions, protocol="coco", source="predictions", classes=Non
     Returns:
         (dict): Metrics as floats in [0, 1] or None (keys COCO_KEYS or VISDRONE_KEYS), plus 'per_class' {name: AP}.
     """
-    _check_predictions(predictions, gt, source)
+    categories = checked_categories(gt, predictions, source, classes)
     names = {gt.category_ids[i]: name for i, name in gt.names.items()}
-    categories = [c for c in gt.category_ids if classes is None or names[c] in classes]
     if protocol == "visdrone":
-        metrics = _visdrone(gt, predictions, categories, in_file_order)
+        metrics = evaluate_toolkit(visdrone_images(gt, predictions, in_file_order), categories)
     elif protocol == "coco":
         metrics = _coco(gt, predictions, categories)
     else:

@@ -22,7 +22,7 @@ ignore branch has nothing to do here and is not ported.
 
 import numpy as np
 
-__all__ = ("TOOLKIT_COMMIT", "evaluate_toolkit", "keep_outside_ignored")
+__all__ = ("TOOLKIT_COMMIT", "evaluate_toolkit", "keep_outside_ignored", "match_class")
 
 TOOLKIT_COMMIT = "005445782213e20cb91bc50a597db3dd949e749a"  # VisDrone/VisDrone2018-DET-toolkit
 MAX_DETS = (1, 10, 100, 500)
@@ -103,6 +103,37 @@ def _voc_ap(rec, prec):
     return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
 
 
+def match_class(images, cls):
+    """`calcAccuracy.m`'s per-image matching (`evalRes`) of one class, at every IoU threshold and maxDets.
+
+    Args:
+        images (list[dict]): As for `evaluate_toolkit`.
+        cls: The class id.
+
+    Returns:
+        (list[tuple]): Per image, in order: `n_gt` (int, its ground truth of `cls`), `scores` (D,) of its detections
+            of `cls` among its first 500 rows, highest first (ties in file order), and `flags` (T, Y, D) int8 for the
+            IoU thresholds x maxDets: 1 true positive, 0 false positive, -1 not among the first maxDets rows.
+    """
+    matches = []
+    for image in images:
+        gt = image["gt_boxes"][image["gt_classes"] == cls]
+        first = np.flatnonzero(image["classes"][:MAX_DETS[-1]] == cls)  # first 500 rows, then this class
+        order = first[np.argsort(-image["scores"][first], kind="stable")]  # evalRes: highest score first
+        oa = _overlaps(image["boxes"][order], gt)
+        flags = np.full((len(IOU_THRESHOLDS), len(MAX_DETS), len(order)), -1, np.int8)
+        for t, thr in enumerate(IOU_THRESHOLDS):
+            full = _match(oa, thr)
+            for y, max_dets in enumerate(MAX_DETS):
+                kept = order < max_dets  # rows of the file among its first max_dets
+                if kept.all() or not kept[kept.argmin():].any():  # a prefix: greedy matching of a prefix is a prefix
+                    flags[t, y, kept] = full[: kept.sum()]
+                else:
+                    flags[t, y, kept] = _match(oa[kept], thr)
+        matches.append((len(gt), image["scores"][order], flags))
+    return matches
+
+
 def evaluate_toolkit(images, classes):
     """`calcAccuracy.m` over images already passed through `keep_outside_ignored` (`saveAnnoRes.m`).
 
@@ -120,31 +151,19 @@ def evaluate_toolkit(images, classes):
     ap, ar = np.zeros((n_cls, n_thr)), np.zeros((n_cls, n_thr, len(MAX_DETS)))
     weight = np.zeros(n_cls)  # images holding the class: how often evalClass lists it
     for k, cls in enumerate(classes):
-        per_image, n_gt = [], 0
-        for image in images:
-            gt = image["gt_boxes"][image["gt_classes"] == cls]
-            weight[k] += len(gt) > 0
-            n_gt += len(gt)
-            first = np.flatnonzero(image["classes"][:MAX_DETS[-1]] == cls)  # first 500 rows, then this class
-            order = first[np.argsort(-image["scores"][first], kind="stable")]  # evalRes: highest score first
-            per_image.append((order, image["scores"][order], _overlaps(image["boxes"][order], gt)))
-        for t, thr in enumerate(IOU_THRESHOLDS):
-            matched = [(order, scores, _match(oa, thr)) for order, scores, oa in per_image]
-            for y, max_dets in enumerate(MAX_DETS):
-                flags, scores = [], []
-                for (order, image_scores, image_flags), (_, _, oa) in zip(matched, per_image):
-                    kept = order < max_dets  # rows of the file among its first max_dets
-                    if kept.all() or not kept[kept.argmin():].any():  # a prefix: greedy matching of a prefix is a prefix
-                        f = image_flags[: kept.sum()]
-                    else:
-                        f = _match(oa[kept], thr)
-                    flags.append(f)
-                    scores.append(image_scores[kept])
-                flags, scores = np.concatenate(flags), np.concatenate(scores)
+        matches = match_class(images, cls)
+        n_gt = sum(m[0] for m in matches)
+        weight[k] = sum(m[0] > 0 for m in matches)
+        scores = np.concatenate([m[1] for m in matches])
+        rank = np.argsort(-scores, kind="stable")  # the last maxDets (500): the AP's detections
+        for t in range(n_thr):
+            for y in range(len(MAX_DETS)):
+                flags = np.concatenate([m[2][t, y] for m in matches])
+                flags = flags[flags >= 0]
                 if len(flags):
                     ar[k, t, y] = flags.sum() / max(1, n_gt)  # max(rec): tp grows with rank
-            rank = np.argsort(-scores, kind="stable")  # the last maxDets (500): the AP's detections
-            tp, fp = np.cumsum(flags[rank] == 1), np.cumsum(flags[rank] == 0)
+            flags = np.concatenate([m[2][t, -1] for m in matches])[rank]
+            tp, fp = np.cumsum(flags == 1), np.cumsum(flags == 0)
             ap[k, t] = _voc_ap(tp / max(1, n_gt), tp / np.maximum(1, tp + fp))
 
     def mean2(values):  # mean2(AP(evalClass, :)): evalClass holds each class once per image with it
