@@ -15,13 +15,9 @@ translated prefixes, and `BaseTrainer._setup_train` to give `args.freeze` its va
 
 import functools
 
+from ..nn.registry import ATTENTION_TYPES
+
 __all__ = ("install", "stock_freeze")
-
-
-def _attention_types():
-    from ..nn.create_attn import ATTENTION_LAYERS
-
-    return tuple(ATTENTION_LAYERS.values())
 
 
 def _stock_parts(module, name, attention):
@@ -60,7 +56,7 @@ def stock_freeze(model, n):
         >>> stock_freeze(DetectionModel("yolov8n-ema.yaml", verbose=False), 10)[0]
         ['0', '1', '2', '3', '4', '5', '6', '8', '9', '11']
     """
-    attention = _attention_types()
+    attention = ATTENTION_TYPES
     layers = list(model.model)
     if not any(isinstance(m, attention) for m in model.modules()):
         return None

@@ -25,6 +25,8 @@ import os
 import torch
 from torch import nn
 
+from ..nn.registry import ATTENTION_TYPES
+
 __all__ = ("START_ENV", "StartReport", "start_choice", "start_new_layers")
 
 START_ENV = "EMA_YOLO_START"  # "function-preserving" (default) or "published"
@@ -75,12 +77,6 @@ class StartReport:
         for index, why in self.published:
             text += f"{'; ' if text else ''}model.{index} keeps the published initialisation ({why})"
         return text
-
-
-def _attention_types():
-    from ..nn.create_attn import ATTENTION_LAYERS
-
-    return tuple(ATTENTION_LAYERS.values())
 
 
 def _sources(layer, index):
@@ -217,7 +213,7 @@ def start_new_layers(model, new_keys):
     Raises:
         ValueError: If a new attention layer exists and `EMA_YOLO_START` is invalid (`start_choice`).
     """
-    attention, report = _attention_types(), StartReport()
+    attention, report = ATTENTION_TYPES, StartReport()
     names = {m: n for n, m in model.named_modules()}
 
     def new(module):

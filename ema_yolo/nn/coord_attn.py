@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from .graph_args import GraphArgsMeta
+from .widths import reduced_width
 
 __all__ = ("CA",)
 
@@ -26,7 +27,7 @@ class CA(nn.Module, metaclass=GraphArgsMeta):
 
     def __init__(self, channels, reduction=32):
         super().__init__()
-        hidden = max(8, channels // reduction)
+        hidden = reduced_width(channels, reduction)
         self.conv1 = nn.Conv2d(channels, hidden, 1)
         self.bn1 = nn.BatchNorm2d(hidden)
         self.act = nn.Hardswish()

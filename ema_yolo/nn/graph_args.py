@@ -8,7 +8,7 @@ class GraphArgs:
     builds `Layer(*complete(Layer, *raw))`.
 
     An attention layer's width is its input's, a fact of the graph rather than of the model file. Ultralytics' parser
-    hands an unknown layer its YAML arguments unchanged, so `ema_yolo.integration.graph_widths` puts a GraphArgs first in
+    hands an unknown layer its YAML arguments unchanged, so `ema_yolo.integration.parse_model` puts a GraphArgs first in
     every attention row, and the layer is built for the real width of the layer it reads from.
 
     Args:

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from .graph_args import GraphArgsMeta
+from .widths import reduced_width
 
 __all__ = ("SE",)
 
@@ -25,7 +26,7 @@ class SE(nn.Module, metaclass=GraphArgsMeta):
 
     def __init__(self, channels, reduction=16):
         super().__init__()
-        hidden = max(8, channels // reduction)
+        hidden = reduced_width(channels, reduction)
         self.fc1 = nn.Conv2d(channels, hidden, 1)
         self.act = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(hidden, channels, 1)
