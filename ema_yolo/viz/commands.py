@@ -14,8 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from ..models import ModelError, open_model
+from ..nn.registry import REGISTRY
 
 __all__ = ("VizError", "explain_image", "main", "write_attention")
+
+
+ATTENTION_NAMES = [layer.name for layer in REGISTRY.values()]
 
 
 class VizError(Exception):
@@ -195,7 +199,7 @@ def write_attention(out, stem, rgb, explained, dpi=100):
         for row, (_, draw) in enumerate(model_panels, 1):
             draw(fig, axes[row, col])
         if len(model_panels) == 1 and rows > 2:
-            _note(axes[2, col], rgb, model_name, "no attention layer (EMA, CBAM, CA, SE)")
+            _note(axes[2, col], rgb, model_name, f"no attention layer ({', '.join(ATTENTION_NAMES)})")
     for ax in axes.flat:
         ax.axis("off")
     written.append(out / f"{stem}-sheet.png")
