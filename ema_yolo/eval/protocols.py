@@ -26,7 +26,10 @@ import numpy as np
 from ..data.coco import COCO_IDS_FILE
 from .visdrone_toolkit import evaluate_toolkit, keep_outside_ignored
 
-__all__ = ("EvalError", "GroundTruth", "evaluate", "load_ground_truth", "match_classes", "visdrone_kept")
+__all__ = (
+    "EvalError", "GroundTruth", "evaluate", "format_metric", "format_table", "load_ground_truth", "match_classes",
+    "visdrone_kept",
+)  # fmt: skip
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 VISDRONE_KEYS = ("AP", "AP50", "AP75", "AR1", "AR10", "AR100", "AR500")
@@ -332,3 +335,16 @@ def evaluate(gt, predictions, protocol="coco", source="predictions", classes=Non
         raise EvalError(f"unknown protocol {protocol!r} (coco or visdrone)")
     metrics["per_class"] = {names[c]: ap for c, ap in metrics["per_class"].items()}
     return metrics
+
+
+def format_metric(value):
+    """A metric as printed: four decimals, or 'n/a' where it is undefined (None, see `protocols.evaluate`)."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def format_table(metrics, protocol):
+    """A terminal table of the summary metrics and per-class AP."""
+    lines = [f"{protocol} protocol", "-" * 28]
+    lines += [f"{k:<10}{format_metric(v):>10}" for k, v in metrics.items() if k != "per_class"]
+    lines += ["-" * 28, "per-class AP"] + [f"{n:<18}{format_metric(ap):>10}" for n, ap in metrics["per_class"].items()]
+    return "\n".join(lines)

@@ -15,7 +15,6 @@ A full-precision (fp32) case passes when its raw outputs differ by less than 1e-
 with IoU > 0.99; reduced-precision cases report their figures (their mAP change is the measure).
 """
 
-import argparse
 import functools
 import json
 import os
@@ -26,10 +25,9 @@ import statistics
 import subprocess
 import sys
 import time
-from ..cli import HelpFormatter
 from pathlib import Path
 
-__all__ = ("CASES", "UNAVAILABLE", "check_case", "describe_exit", "main", "onnx2tf_sample", "run_cases")
+__all__ = ("CASES", "UNAVAILABLE", "check_case", "checkpoint_of", "describe_exit", "onnx2tf_sample", "report", "run_cases")
 
 # name -> (Ultralytics export arguments, precision). Every CPU-exportable format of Ultralytics 8.4 on Linux x86.
 CASES = {
@@ -390,7 +388,7 @@ def _image_files(paths):
     return [str(f.resolve()) for f in files]
 
 
-def _checkpoint(model, out):
+def checkpoint_of(model, out):
     """`model` itself if it is a checkpoint; a model YAML is built (random weights) and saved to `out`."""
     if not str(model).endswith((".yaml", ".yml")):
         if not Path(model).is_file():
@@ -403,55 +401,5 @@ def _checkpoint(model, out):
     return str(path.resolve())
 
 
-def main(argv=None):
-    """`ema-yolo check-exports IMAGES... [--model M] [--baseline B] [--data D] [--formats a,b] [--imgsz N]`."""
-    all_cases = [*CASES, *UNAVAILABLE]
-    parser = argparse.ArgumentParser(prog="ema-yolo check-exports", description=__doc__.split("\n\n")[0],
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("images", nargs="+", help="image files or folders to compare outputs on")
-    parser.add_argument("--model", default="yolov8n-ema.yaml", help="checkpoint or model YAML (random weights)")
-    parser.add_argument("--baseline", help="checkpoint or YAML timed side by side in each format, e.g. yolov8n.yaml")
-    parser.add_argument("--data", help="dataset YAML: int8 calibration images (its val split) and --val")
-    parser.add_argument("--val", action="store_true", help="also measure each export's mAP50-95 on --data")
-    parser.add_argument("--formats", default=",".join(all_cases), help=f"comma-separated cases ({', '.join(all_cases)})")
-    parser.add_argument("--imgsz", type=int, default=640, help="export size")
-    parser.add_argument("--second-size", type=int, help="another size for dynamic exports (default imgsz / 2)")
-    parser.add_argument("--conf", type=float, default=0.25, help="NMS confidence for the box comparison")
-    parser.add_argument("--out", default="runs/check-exports", help="output folder (results.md, results.json)")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds one case may take")
-    args = parser.parse_args(argv)
-    if args.val and not args.data:
-        parser.error("--val needs --data")
-    names = [n.strip() for n in args.formats.split(",") if n.strip()]
-    if unknown := [n for n in names if n not in all_cases]:
-        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(all_cases)}")
-    try:
-        images = _image_files(args.images)
-        out = Path(args.out).resolve()
-        out.mkdir(parents=True, exist_ok=True)
-        spec = {
-            "model": _checkpoint(args.model, out),
-            "baseline": _checkpoint(args.baseline, out) if args.baseline else None,
-            "images": images,
-            "imgsz": args.imgsz,
-            "data": str(Path(args.data).resolve()) if args.data else None,
-            "val": args.val,
-            "second_size": args.second_size or max(32, args.imgsz // 64 * 32),
-            "conf": args.conf,
-        }
-    except FileNotFoundError as e:
-        print(f"ema-yolo check-exports: {e}", file=sys.stderr)
-        return 2
-    rows = run_cases(names, spec, out, args.timeout)
-    reference = next((r.get("map") for r in rows if r["case"] == "pytorch"), None)
-    table = report(rows, reference)
-    (out / "results.json").write_text(json.dumps({"spec": spec, "rows": rows}, indent=1))
-    (out / "results.md").write_text(table + "\n")
-    print(table)
-    return int(any(r["status"].startswith(("FAILED", "MISMATCH")) for r in rows))
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--worker"]:
-        sys.exit(_worker(sys.argv[2:]))
-    sys.exit(main())
+if __name__ == "__main__":  # a case's own process (`run_cases`)
+    sys.exit(_worker(sys.argv[2:]) if sys.argv[1:2] == ["--worker"] else 2)

@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from ..cli import HelpFormatter
+from ..cli_format import HelpFormatter
 from ..models import ModelError
 from .annotate import VideoError, annotate_video
 
