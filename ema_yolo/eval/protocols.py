@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.coco import COCO_IDS_FILE
+from ..data.images import image_files
 from .visdrone_toolkit import evaluate_toolkit, keep_outside_ignored
 
 __all__ = (
@@ -57,23 +58,6 @@ class GroundTruth:
 
 def _image_id(stem):
     return int(stem) if stem.isnumeric() else stem
-
-
-def _image_files(source):
-    """Image paths of a dataset split entry (folder, .txt list, or list of either), as Ultralytics reads them."""
-    from ultralytics.data.utils import IMG_FORMATS
-
-    files = []
-    for entry in source if isinstance(source, list) else [source]:
-        p = Path(entry)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS)
-        elif p.is_file():
-            files += [p.parent / line.strip() if line.strip().startswith("./") else Path(line.strip())
-                      for line in p.read_text().splitlines() if line.strip()]
-        else:
-            raise EvalError(f"{p}: dataset split not found")
-    return files
 
 
 def _sibling(image, folder):
@@ -144,7 +128,10 @@ def load_ground_truth(data_yaml, split="val"):
     # Same rule as Ultralytics' DetectionValidator, so its predictions.json files match.
     is_coco = isinstance(val, str) and "coco" in val and val.endswith(("/val2017.txt", "/test-dev2017.txt"))
     category_ids = coco80_to_coco91_class() if is_coco else list(range(1, len(names) + 1))
-    images = _image_files(val)
+    try:
+        images = image_files(val, recursive=True, lists=True)
+    except FileNotFoundError as e:
+        raise EvalError(f"{e.filename}: dataset split not found") from None
     if not images:
         raise EvalError(f"{data_yaml}: split '{split}' has no images")
     nkpt, ndim = data.get("kpt_shape", (0, 0))

@@ -371,23 +371,6 @@ def report(rows, reference_map=None):
     return "\n".join(lines)
 
 
-def _image_files(paths):
-    """Image files among `paths` (files, or folders searched one level deep), sorted; raise if there are none."""
-    from ultralytics.data.utils import IMG_FORMATS
-
-    files = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix[1:].lower() in IMG_FORMATS)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
-    if not files:
-        raise FileNotFoundError(f"no images in {', '.join(map(str, paths))}")
-    return [str(f.resolve()) for f in files]
-
-
 def checkpoint_of(model, out):
     """`model` itself if it is a checkpoint; a model YAML is built (random weights) and saved to `out`."""
     if not str(model).endswith((".yaml", ".yml")):

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 from ..cli_format import HelpFormatter
-from .check import CASES, UNAVAILABLE, _image_files, checkpoint_of, report, run_cases
+from ..data.images import image_files
 from . import check
+from .check import CASES, UNAVAILABLE, checkpoint_of, report, run_cases
 
 __all__ = ("main",)
 
@@ -35,7 +36,9 @@ def main(argv=None):
     if unknown := [n for n in names if n not in all_cases]:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(all_cases)}")
     try:
-        images = _image_files(args.images)
+        images = [str(f.resolve()) for f in image_files(args.images)]
+        if not images:
+            raise FileNotFoundError(f"no images in {', '.join(map(str, args.images))}")
         out = Path(args.out).resolve()
         out.mkdir(parents=True, exist_ok=True)
         spec = {
@@ -49,7 +52,7 @@ def main(argv=None):
             "conf": args.conf,
         }
     except FileNotFoundError as e:
-        print(f"ema-yolo check-exports: {e}", file=sys.stderr)
+        print(f"ema-yolo check-exports: {f'{e.filename}: {e.strerror}' if e.filename else e}", file=sys.stderr)
         return 2
     rows = run_cases(names, spec, out, args.timeout)
     reference = next((r.get("map") for r in rows if r["case"] == "pytorch"), None)

@@ -29,17 +29,16 @@ class VizError(Exception):
 def _read_images(source):
     """[(path, BGR image)] of an image file or of every image in a folder; VizError names any unreadable one."""
     import cv2
-    from ultralytics.data.utils import IMG_FORMATS
+
+    from ..data.images import image_files
 
     source = Path(source)
-    if source.is_dir():
-        paths = sorted(p for p in source.iterdir() if p.suffix[1:].lower() in IMG_FORMATS)
-        if not paths:
-            raise VizError(f"{source}: no images in this folder")
-    elif source.is_file():
-        paths = [source]
-    else:
-        raise VizError(f"{source}: no such image or folder")
+    try:
+        paths = image_files(source)
+    except FileNotFoundError:
+        raise VizError(f"{source}: no such image or folder") from None
+    if not paths:
+        raise VizError(f"{source}: no images in this folder")
     stems = [p.stem for p in paths]
     if len(set(stems)) != len(stems):
         shared = sorted({s for s in stems if stems.count(s) > 1})
