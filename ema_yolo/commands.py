@@ -1,6 +1,8 @@
 """`ema-yolo demo`, `ema-yolo bench` and `ema-yolo yolo`: their parsers and handlers (the work: `ema_yolo.demo`,
 `ema_yolo.bench`, Ultralytics' own command line)."""
 
+from __future__ import annotations
+
 import argparse
 import json
 import sys
@@ -9,7 +11,7 @@ from pathlib import Path
 __all__ = ("bench", "demo", "yolo")
 
 
-def demo(argv=None):
+def demo(argv: list[str] | None = None) -> int:
     """`ema-yolo demo`."""
     from . import demo as demo_module
 
@@ -31,7 +33,7 @@ def _shape(text):
     return tuple(int(p) for p in parts)
 
 
-def bench(argv=None):
+def bench(argv: list[str] | None = None) -> int:
     """`ema-yolo bench module ...` or `ema-yolo bench video --model M --source V ...`."""
     import torch
 
@@ -97,10 +99,11 @@ def bench(argv=None):
     print(f"wrote {args.json}")
 
 
-def yolo(argv=None):
+def yolo(argv: list[str] | None = None) -> int:
     """`ema-yolo yolo ...`: the stock `yolo` command with ema-yolo registered, for interpreters that skip .pth files."""
-    import ema_yolo
     from ultralytics.cfg import entrypoint
+
+    import ema_yolo
 
     ema_yolo.register()
     sys.argv[:] = ["yolo", *(argv or [])]  # in place: Ultralytics kept a reference to this list at import

@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from ema_yolo.cli import main as cli
 from ema_yolo.ablation.compare import count_gflops, run_compare
 from ema_yolo.ablation.variants import variant_cfg
+from ema_yolo.cli import main as cli
 
 
 def test_variant_names():

@@ -90,11 +90,9 @@ def test_task_trains_validates_predicts_and_exports(task, tmp_path_factory):
 @pytest.mark.parametrize("task", list(SUFFIX))
 def test_every_stock_tensor_of_each_task_lands(task, family, tmp_path, make_stock_checkpoint):
     from ultralytics import YOLO
-    from ultralytics.nn.tasks import load_checkpoint
+    from ultralytics.nn.tasks import load_checkpoint, yaml_model_load
 
     from ema_yolo.integration.transfer import transfer_report
-
-    from ultralytics.nn.tasks import yaml_model_load
 
     suffix = SUFFIX[task]
     nc = yaml_model_load(f"{family}n-{suffix}.yaml")["nc"]  # the stock YAML's class count (1 for yolov8-pose, ...)

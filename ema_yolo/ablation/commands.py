@@ -1,5 +1,7 @@
 """`ema-yolo compare`: its parser and handler."""
 
+from __future__ import annotations
+
 import argparse
 
 from ..cli_format import HelpFormatter
@@ -10,7 +12,7 @@ from .variants import FAMILIES, VARIANTS, variant_cfg
 __all__ = ("main",)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     """`ema-yolo compare`."""
     parser = argparse.ArgumentParser(prog="ema-yolo compare", description=compare_module.__doc__,
                                      formatter_class=HelpFormatter)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from .variants import variant_cfg
 
 __all__ = ("count_gflops", "measure_latency", "run_compare")
 
-def count_gflops(model, imgsz):
+def count_gflops(model: torch.nn.Module, imgsz: int) -> float:
     """GFLOPs of one forward pass at `imgsz`, counted at the ATen op level (so EMA's matmuls, einsums and convs are
     all seen, unlike module-hook counters), plus one FLOP per element reduced by mean/sum (the pooling)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -41,7 +42,7 @@ def count_gflops(model, imgsz):
     return counter.get_total_flops() / 1e9
 
 
-def measure_latency(model, imgsz, runs=20):
+def measure_latency(model: torch.nn.Module, imgsz: int, runs: int = 20) -> float:
     """Median milliseconds of a batch-1 forward pass at `imgsz` (after 3 warm-up passes)."""
     param = next(model.parameters())
     x = torch.zeros(1, 3, imgsz, imgsz, device=param.device, dtype=param.dtype)
@@ -120,8 +121,10 @@ def _plots(out, rows, folders):
     plt.close(fig)
 
 
-def run_compare(data, family, scale, variants, out, epochs=100, imgsz=640, batch=16, device="cpu", seed=0,
-                protocol="coco", workers=8, pretrained=None, train=True, on_model=None):
+def run_compare(data: str | Path | None, family: str, scale: str, variants: list[str], out: str | Path, epochs: int = 100,
+                imgsz: int = 640, batch: int = 16, device: str = "cpu", seed: int = 0, protocol: str = "coco",
+                workers: int = 8, pretrained: str | Path | None = None, train: bool = True,
+                on_model: Callable | None = None) -> list[dict]:
     """Train, evaluate and measure each variant; write the tables and plots into `out`; return the rows.
 
     Args:

@@ -1,5 +1,7 @@
 """`ema-yolo eval`: score a model or a predictions file on a dataset split under the COCO or VisDrone protocol."""
 
+from __future__ import annotations
+
 import argparse
 import json
 import sys
@@ -14,7 +16,7 @@ from .results import read_visdrone_results, save_results
 __all__ = ("main",)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     """`ema-yolo eval`."""
     parser = argparse.ArgumentParser(prog="ema-yolo eval", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--data", required=True, help="Ultralytics dataset YAML")

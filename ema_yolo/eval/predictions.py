@@ -1,14 +1,22 @@
 """A model's detections on a dataset split, from Ultralytics' validator, in the format `yolo val save_json=True`
 writes (`protocols` reads it)."""
 
+from __future__ import annotations
+
 import contextlib
 import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..models import open_model
 from .protocols import match_classes
+
+if TYPE_CHECKING:
+    from ultralytics import YOLO
+
+    from .protocols import GroundTruth
 
 __all__ = ("model_predictions",)
 
@@ -36,7 +44,9 @@ def _quiet_ultralytics():
         LOGGER.removeFilter(errors_only)
 
 
-def model_predictions(model, data, protocol="coco", imgsz=640, split="val", device=None, batch=16, gt=None):
+def model_predictions(model: str | Path | YOLO, data: str | Path, protocol: str = "coco", imgsz: int = 640,
+                      split: str = "val", device: str | None = None, batch: int = 16,
+                      gt: GroundTruth | None = None) -> list[dict]:
     """Run `model` over the split with Ultralytics' validator and return its `save_json` predictions ([] for none).
 
     With `gt` (the split's `GroundTruth`), the model's classes are matched to the dataset's by name

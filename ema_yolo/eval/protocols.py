@@ -14,11 +14,14 @@ them on the original JSON: areas for the APs/m/l ranges, crowd boxes as regions 
 `ignored/<stem>.txt` (written by `ema-yolo convert visdrone`).
 """
 
+from __future__ import annotations
+
 import contextlib
 import io
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +54,8 @@ class GroundTruth:
         dropped (list[str]): One line per label file Ultralytics' check dropped or changed, saying why.
     """
 
-    def __init__(self, coco, ignored, names, category_ids, dropped=()):
+    def __init__(self, coco: dict, ignored: dict, names: dict[int, str], category_ids: list[int],
+                 dropped: Iterable[str] = ()):
         self.coco, self.ignored, self.names, self.category_ids = coco, ignored, names, category_ids
         self.dropped = list(dropped)
 
@@ -102,7 +106,7 @@ class _CocoRecord:
         return [by_row[tuple(row)] for row in rows]
 
 
-def load_ground_truth(data_yaml, split="val"):
+def load_ground_truth(data_yaml: str | Path, split: str = "val") -> GroundTruth:
     """Build COCO-format ground truth for `split` of an Ultralytics dataset YAML from its labels.
 
     Each image and label file goes through Ultralytics' `verify_image_label`, as in its validator's dataset: polygon
@@ -177,7 +181,7 @@ def load_ground_truth(data_yaml, split="val"):
     return GroundTruth(coco, ignored, names, category_ids, dropped)
 
 
-def match_classes(model_names, gt):
+def match_classes(model_names: dict[int, str], gt: GroundTruth) -> tuple[dict[int, int], list[str]]:
     """Match a model's classes to the dataset's by name, as `eval --model` scores them.
 
     Args:
@@ -224,7 +228,7 @@ def by_score(predictions):
     return {i: sorted(group, key=lambda d: -d["score"]) for i, group in by_image(predictions).items()}
 
 
-def visdrone_kept(gt, image, detections):
+def visdrone_kept(gt: GroundTruth, image: dict, detections: list[dict]) -> list[dict]:
     """The toolkit's order for one image (`saveAnnoRes.m`, then `calcAccuracy.m`): `detections` (in result-file
     order) without those in the image's ignored regions, then the first 500 of them. `image` is a `gt.coco` image."""
     regions = gt.ignored.get(image["id"], [])
@@ -291,7 +295,8 @@ def _coco(gt, predictions, categories):
     return metrics
 
 
-def evaluate(gt, predictions, protocol="coco", source="predictions", classes=None, in_file_order=False):
+def evaluate(gt: GroundTruth, predictions: list[dict], protocol: str = "coco", source: str = "predictions",
+             classes: list[str] | None = None, in_file_order: bool = False) -> dict:
     """Score `predictions` against `gt` under the `coco` or `visdrone` protocol.
 
     A metric is None where it is undefined: where pycocotools marks -1 (a class without ground truth, APl without
@@ -324,12 +329,12 @@ def evaluate(gt, predictions, protocol="coco", source="predictions", classes=Non
     return metrics
 
 
-def format_metric(value):
+def format_metric(value: float | None) -> str:
     """A metric as printed: four decimals, or 'n/a' where it is undefined (None, see `protocols.evaluate`)."""
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def format_table(metrics, protocol):
+def format_table(metrics: dict, protocol: str) -> str:
     """A terminal table of the summary metrics and per-class AP."""
     lines = [f"{protocol} protocol", "-" * 28]
     lines += [f"{k:<10}{format_metric(v):>10}" for k, v in metrics.items() if k != "per_class"]

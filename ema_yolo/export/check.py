@@ -15,6 +15,8 @@ A full-precision (fp32) case passes when its raw outputs differ by less than 1e-
 with IoU > 0.99; reduced-precision cases report their figures (their mAP change is the measure).
 """
 
+from __future__ import annotations
+
 import functools
 import json
 import os
@@ -76,7 +78,7 @@ ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 RAW_TOL, MIN_IOU = 1e-3, 0.99
 
 
-def describe_exit(code):
+def describe_exit(code: int | None) -> str:
     """Describe a child process's return code: 0 -> 'ok', -11 or 139 -> 'crashed (SIGSEGV)', else 'exit N'.
 
     Example:
@@ -149,7 +151,7 @@ def _load(exported, name):
     return backend
 
 
-def onnx2tf_sample(images, folder):
+def onnx2tf_sample(images: list[str], folder: str | Path) -> Path:
     """Write onnx2tf's calibration sample into `folder`, made from `images`, so Ultralytics does not download it.
 
     Ultralytics' TensorFlow exports (SavedModel, GraphDef) look for `calibration_image_sample_data_20x128x128x3_float32
@@ -193,7 +195,8 @@ def _export(checkpoint, kwargs, imgsz, data, folder):
     return YOLO(local).export(imgsz=imgsz, device="cpu", verbose=False, **kwargs, **extra)
 
 
-def check_case(name, model, images, imgsz, out, baseline=None, data=None, val=False, second_size=None, conf=0.25):
+def check_case(name: str, model: str, images: list[str], imgsz: int, out: str | Path, baseline: str | None = None,
+               data: str | None = None, val: bool = False, second_size: int | None = None, conf: float = 0.25) -> dict:
     """Run one case in this process and return its result (`run_cases` calls it in a child process).
 
     Args:
@@ -279,7 +282,7 @@ def _status(precision, result):
     return "match" if ok else "MISMATCH"
 
 
-def run_cases(names, spec, out, timeout=1800):
+def run_cases(names: list[str], spec: dict, out: str | Path, timeout: float = 1800) -> list[dict]:
     """Run each case of `names` in its own process; return one row per case (status, figures, failure reason).
 
     Args:
@@ -347,7 +350,7 @@ def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
-def report(rows, reference_map=None):
+def report(rows: list[dict], reference_map: float | None = None) -> str:
     """Markdown table of `run_cases` rows (max over sizes of each error; mAP change vs `reference_map`)."""
     head = (
         "| case | precision | status | max raw diff | max box diff / imgsz | max score diff | boxes matched "
@@ -371,7 +374,7 @@ def report(rows, reference_map=None):
     return "\n".join(lines)
 
 
-def checkpoint_of(model, out):
+def checkpoint_of(model: str | Path, out: str | Path) -> str:
     """`model` itself if it is a checkpoint; a model YAML is built (random weights) and saved to `out`."""
     if not str(model).endswith((".yaml", ".yml")):
         if not Path(model).is_file():

@@ -1,5 +1,7 @@
 """`ema-yolo check-exports`: its parser and handler (the cases themselves: `ema_yolo.export.check`)."""
 
+from __future__ import annotations
+
 import argparse
 import json
 import sys
@@ -13,7 +15,7 @@ from .check import CASES, UNAVAILABLE, checkpoint_of, report, run_cases
 __all__ = ("main",)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     """`ema-yolo check-exports IMAGES... [--model M] [--baseline B] [--data D] [--formats a,b] [--imgsz N]`."""
     all_cases = [*CASES, *UNAVAILABLE]
     parser = argparse.ArgumentParser(prog="ema-yolo check-exports", description=check.__doc__.split("\n\n")[0],

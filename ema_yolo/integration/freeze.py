@@ -13,7 +13,12 @@ translated prefixes, and `BaseTrainer._setup_train` to give `args.freeze` its va
 `args.yaml`, checkpoints and the DDP launcher keep the user's `freeze=N`.
 """
 
+from __future__ import annotations
+
 import functools
+from types import ModuleType
+
+from torch import nn
 
 from ..nn.registry import ATTENTION_TYPES
 
@@ -39,7 +44,7 @@ def _ranges(indices):
     return "model." + ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in spans)
 
 
-def stock_freeze(model, n):
+def stock_freeze(model: nn.Module, n: int) -> tuple[list[str], str] | None:
     """Translate `freeze=n` for `model` into Ultralytics' freeze entries, or None where it means what it says.
 
     Args:
@@ -69,7 +74,7 @@ def stock_freeze(model, n):
     return entries, line
 
 
-def install(trainer_module):
+def install(trainer_module: ModuleType) -> None:
     """Wrap `BaseTrainer.setup_model` and `BaseTrainer._setup_train` (idempotent).
 
     Args:

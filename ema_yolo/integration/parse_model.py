@@ -189,7 +189,7 @@ def _check_rows(parse_model, namespace=None):
                     f"on ({reason})")
 
 
-@functools.lru_cache(maxsize=None)  # once per stock parser; a failure is not cached, so it is raised at every parse
+@functools.cache  # once per stock parser; a failure is not cached, so it is raised at every parse
 def _check_blocks(parse_model):
     import torch
     from torch import nn

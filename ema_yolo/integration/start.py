@@ -20,6 +20,8 @@ The start here keeps the stock function exactly while every gate stays trainable
 uses it.
 """
 
+from __future__ import annotations
+
 import os
 
 import torch
@@ -34,7 +36,7 @@ _CHOICES = ("function-preserving", "published")
 _COMMUTING = (nn.Upsample, nn.MaxPool2d, nn.Identity)  # parameter-free layers with f(g * x) == g * f(x) for g > 0
 
 
-def start_choice():
+def start_choice() -> str:
     """Return the start named by `EMA_YOLO_START`: 'function-preserving' (unset or empty) or 'published'.
 
     Raises:
@@ -199,7 +201,7 @@ def _absorb(model, inputs, index, channels, factor, done):
             raise ValueError(f"model.{k} ({type(reader).__name__}) cannot absorb a constant factor on its input")
 
 
-def start_new_layers(model, new_keys):
+def start_new_layers(model: nn.Module, new_keys: set[str]) -> StartReport:
     """Give the attention layers of `model` whose tensors did not come from the checkpoint the start `start_choice()`
     names: the function-preserving start (module docstring), in place, or the published one (they keep it).
 

@@ -19,6 +19,8 @@ Four facts about Ultralytics 8.4 drive this module:
   so that they count the stock model's layers (it is patched once `ultralytics.engine.trainer` has executed).
 """
 
+from __future__ import annotations
+
 import sys
 
 import torch
@@ -39,7 +41,7 @@ def _export_mode(exporter):
             m.export = True
 
 
-def register():
+def register() -> None:
     """Make the attention layers of the registry resolvable in Ultralytics model YAMLs, and ema-yolo's YAMLs by name.
 
     The layers (`ema_yolo.nn.registry`: EMA, CBAM, CA, SE, ECA) go into the parser's namespace; the parser hook

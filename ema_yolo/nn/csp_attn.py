@@ -13,8 +13,11 @@ model YAML they are built by the stock parser with the stock width scaling, repe
 every scale. This module imports Ultralytics; import it as `ema_yolo.nn.csp_attn`.
 """
 
+from __future__ import annotations
+
 import torch
-from ultralytics.nn.modules.block import C2f, C3, Bottleneck, C3k2
+from torch import nn
+from ultralytics.nn.modules.block import C3, Bottleneck, C2f, C3k2
 
 from .registry import REGISTRY, create_attn
 
@@ -38,18 +41,19 @@ class AttnBottleneck(Bottleneck):
 
     gain = 1.0  # the attention output's factor: 1 (published) unless a function-preserving start set it
 
-    def __init__(self, c1, c2, shortcut=True, g=1, k=(3, 3), e=0.5, attn="ema"):
+    def __init__(self, c1: int, c2: int, shortcut: bool = True, g: int = 1, k: tuple[int, int] = (3, 3), e: float = 0.5,
+                 attn: str = "ema"):
         super().__init__(c1, c2, shortcut, g, k, e)
         self.attn = create_attn(attn, c2)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Residual branch cv1 -> cv2 -> attention (times `gain`), then the stock shortcut add."""
         y = self.attn(self.cv2(self.cv1(x)))
         if self.gain != 1.0:  # a Python float: no op in the graph of a block trained from scratch
             y = y * self.gain
         return x + y if self.add else y
 
-    def preserving_start_(self):
+    def preserving_start_(self) -> float:
         """Start the attention as a constant gate g and set `gain` to 1 / g, so the block computes the stock
         bottleneck exactly; in place. The function-preserving start of a fine-tune from a stock checkpoint
         (`ema_yolo.integration.start`): the shortcut add cannot absorb the factor, so the block keeps it.
@@ -60,16 +64,16 @@ class AttnBottleneck(Bottleneck):
         self.gain = 1.0 / self.attn.constant_gate_()
         return self.gain
 
-    def get_extra_state(self):
+    def get_extra_state(self) -> torch.Tensor:
         """`gain` travels in the state dict (as `<block>._extra_state`), so a fine-tuned block reloads exactly."""
         return torch.tensor(float(self.gain))
 
-    def set_extra_state(self, state):
+    def set_extra_state(self, state: torch.Tensor) -> None:
         """Restore `gain` from `get_extra_state`'s tensor."""
         self.gain = float(state)
 
 
-def add_attention(module, attn):
+def add_attention(module: nn.Module, attn: str) -> int:
     """Turn every stock `Bottleneck` inside `module` (at any depth, e.g. inside C3k2's C3k) into an `AttnBottleneck`.
 
     In place: each bottleneck keeps its convolutions (same objects, names and tensors) and gains `attn`, built for

@@ -1,5 +1,9 @@
 """Constructor arguments that a model builder completes from the graph, for layers that keep their input width."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
 __all__ = ("GraphArgs", "GraphArgsMeta")
 
 
@@ -20,7 +24,7 @@ class GraphArgs:
         64
     """
 
-    def __init__(self, complete):
+    def __init__(self, complete: Callable[..., tuple]):
         self.complete = complete
 
 

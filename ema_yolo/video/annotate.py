@@ -27,10 +27,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
+import numpy as np
 
 from ..models import open_model
+
+if TYPE_CHECKING:
+    from ultralytics import YOLO
 
 __all__ = ("VideoError", "VideoOptions", "annotate_video", "open_source")
 
@@ -47,7 +52,7 @@ def _timestamp(cap, index, fps):
     return ms / 1000 if ms > 0 or index == 0 else index / fps
 
 
-def open_source(source):
+def open_source(source: str | int) -> tuple[cv2.VideoCapture, np.ndarray]:
     """Open a file, a camera index ('0') or a stream URL with OpenCV; raise VideoError if it yields no frame.
 
     Returns:
@@ -252,7 +257,8 @@ def _encode(results, sinks):
             sink.write(index, seconds, result, image)
 
 
-def annotate_video(model, source, output, options: VideoOptions | None = None, **fields) -> dict:
+def annotate_video(model: str | Path | YOLO, source: str | int, output: str | Path, options: VideoOptions | None = None,
+                   **fields: Any) -> dict:
     """Detect (or track) objects in every `vid_stride`-th frame of `source` and write the annotated video to `output`.
 
     Args:

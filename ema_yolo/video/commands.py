@@ -1,5 +1,7 @@
 """`ema-yolo video`: annotate a video (file, camera index or stream URL) with a detector."""
 
+from __future__ import annotations
+
 import argparse
 import json
 import sys
@@ -11,7 +13,7 @@ from .annotate import VideoError, VideoOptions, annotate_video
 __all__ = ("main",)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     """Command line."""
     parser = argparse.ArgumentParser(prog="ema-yolo video", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help=".pt checkpoint, model YAML, or exported model (.onnx, .torchscript)")

@@ -6,7 +6,11 @@ spatial gate, Coordinate Attention's height and width gates multiplied into one 
 channels only: they have no spatial map.
 """
 
+from __future__ import annotations
+
 import functools
+
+from torch import nn
 
 from ..nn.registry import REGISTRY
 
@@ -17,7 +21,7 @@ NO_SPATIAL_MAP = {layer.name: f"{layer.name} gates channels only: no spatial map
                   for layer in REGISTRY.values() if layer.spatial_map is None}  # by class name, as layers are named
 
 
-def attention_layers(model):
+def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Return [(name, module)] of the attention layers (those of the registry) in `model`, in forward order.
 
     Args:
@@ -47,7 +51,7 @@ class AttentionRecorder:
         {'7 EMA': (1, 32, 4, 4), '10 EMA': (1, 32, 2, 2)}
     """
 
-    def __init__(self, model):
+    def __init__(self, model: nn.Module):
         self.model, self.layers, self.maps, self.input, self._handles = model, attention_layers(model), {}, None, []
 
     def __enter__(self):
