@@ -174,8 +174,8 @@ def bench_step(family="yolov5-p2", scale="s", imgsz=640, batch=2, device="cpu", 
     """
     from ultralytics.nn.tasks import DetectionModel
 
-    from . import register
     from .ablation.variants import variant_cfg
+    from .integration.ultralytics import register
 
     register()
     torch.manual_seed(0)

@@ -103,8 +103,8 @@ def yolo(argv: list[str] | None = None) -> int:
     """`ema-yolo yolo ...`: the stock `yolo` command with ema-yolo registered, for interpreters that skip .pth files."""
     from ultralytics.cfg import entrypoint
 
-    import ema_yolo
+    from .integration.ultralytics import register
 
-    ema_yolo.register()
+    register()
     sys.argv[:] = ["yolo", *(argv or [])]  # in place: Ultralytics kept a reference to this list at import
     return entrypoint()

@@ -14,12 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..models import ModelError, open_model
-from ..nn.registry import REGISTRY
 
 __all__ = ("VizError", "explain_image", "main", "write_attention")
-
-
-ATTENTION_NAMES = [layer.name for layer in REGISTRY.values()]
 
 
 class VizError(Exception):
@@ -173,6 +169,8 @@ def write_attention(out, stem, rgb, explained, dpi=100):
         (list[Path]): The files written.
     """
     from matplotlib.figure import Figure
+
+    from .maps import ATTENTION_NAMES
 
     width = 4.2  # inches per panel
     height = width * rgb.shape[0] / rgb.shape[1] + 0.5

@@ -14,8 +14,9 @@ from torch import nn
 
 from ..nn.registry import REGISTRY
 
-__all__ = ("NO_SPATIAL_MAP", "AttentionRecorder", "attention_layers")
+__all__ = ("ATTENTION_NAMES", "NO_SPATIAL_MAP", "AttentionRecorder", "attention_layers")
 
+ATTENTION_NAMES = [layer.name for layer in REGISTRY.values()]  # as layers are named: EMA, CBAM, ...
 _READERS = {layer.cls: layer.spatial_map for layer in REGISTRY.values()}  # class -> map reader, or None
 NO_SPATIAL_MAP = {layer.name: f"{layer.name} gates channels only: no spatial map"
                   for layer in REGISTRY.values() if layer.spatial_map is None}  # by class name, as layers are named
