@@ -86,17 +86,11 @@ def derive_twin(d: dict, key: str) -> dict:
         module = row[2]
         if module == parent.name:
             row[2] = layer.name
-        elif isinstance(module, str) and module.endswith(parent.name) and module[: -len(parent.name)] in _stock_names():
+        elif isinstance(module, str) and module.endswith(parent.name):  # C2fEMA, C3EMA, C3k2EMA
             if not layer.in_block:
                 raise ValueError(f"{layer.name} has no in-block twin of {module}")
             row[2] = module[: -len(parent.name)] + layer.name
     return d
-
-
-def _stock_names() -> tuple[str, ...]:
-    from ..nn.csp_attn import STOCK_BLOCKS  # here, not at import: that module imports Ultralytics
-
-    return tuple(b.__name__ for b in STOCK_BLOCKS)
 
 
 def model_names() -> list[str]:

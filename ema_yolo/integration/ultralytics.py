@@ -25,8 +25,7 @@ import sys
 
 import torch
 
-from ..nn import EMA
-from ..nn.registry import REGISTRY
+from ..nn import EMA, REGISTRY
 from . import freeze, model_cfgs, parse_model, transfer
 
 __all__ = ("YAML_LAYERS", "register")
