@@ -64,7 +64,7 @@ class _TasksFinder:
         """Nothing cached (`importlib.invalidate_caches` calls this on every finder that has it)."""
 
 
-def install_import_hook():
+def install_import_hook() -> None:
     """Register now if Ultralytics' model parser is loaded, and once each target module that is not loaded yet is
     (idempotent)."""
     if TARGETS[0] in sys.modules:

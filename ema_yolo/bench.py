@@ -5,9 +5,7 @@ structure), `ema-yolo bench step` (a whole model's training step: baseline, with
 Ratios, not absolute times, are the result: both modules run interleaved in one process, so machine noise hits both.
 """
 
-import argparse
 import itertools
-import json
 import statistics
 import time
 from pathlib import Path
@@ -191,8 +189,8 @@ def bench_step(family="yolov5-p2", scale="s", imgsz=640, batch=2, device="cpu", 
     """
     from ultralytics.nn.tasks import DetectionModel
 
-    from . import register
-    from .eval.compare import variant_cfg
+    from .ablation.variants import variant_cfg
+    from .integration.ultralytics import register
 
     register()
     torch.manual_seed(0)
@@ -246,77 +244,3 @@ def bench_video(model, source, imgsz=640, device=None, batch=4):
             "stock_s": round(stock_s, 2), "stock_fps": round(stock_frames / stock_s, 2),
             "ours_frames": ours["frames_written"], "ours_s": round(ours_s, 2),
             "ours_fps": round(ours["frames_written"] / ours_s, 2), "speed-up": round(stock_s / ours_s * ours["frames_written"] / stock_frames, 2)}
-
-
-def _shape(text):
-    """Parse 'BxCxHxW' (e.g. 8x256x20x20) into a tuple of four positive ints."""
-    parts = text.lower().split("x")
-    if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"shape must look like 8x256x20x20 (B x C x H x W), got {text!r}")
-    return tuple(int(p) for p in parts)
-
-
-def main(argv=None):
-    """Command line: `ema-yolo bench module ...` or `ema-yolo bench video --model M --source V ...`."""
-    from .eval.compare import FAMILIES
-
-    parser = argparse.ArgumentParser(prog="ema-yolo bench", description=__doc__)
-    parser.add_argument("what", choices=["module", "roofline", "step", "video"], help="what to benchmark")
-    parser.add_argument("--model", help="video: model to run")
-    parser.add_argument("--source", help="video: video file")
-    parser.add_argument(
-        "--family", default="yolov5-p2", choices=FAMILIES, help="step: model family (default: the paper's VisDrone one)"
-    )
-    parser.add_argument("--scale", default="s", choices=list("nsmlx"), help="step: model scale")
-    parser.add_argument("--imgsz", type=int, default=640, help="video, step: input size")
-    parser.add_argument("--batch", type=int, help="video: frames per inference call (4); step: images per step (2)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
-    parser.add_argument("--repeats", type=int, help="timed calls per round (module 5, step 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--json", help="where to write the results (default bench_<what>.json)")
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda to add fp32 and fp16 CUDA timings")
-    parser.add_argument("--shapes", nargs="+", type=_shape, metavar="BxCxHxW",
-                        help="module, roofline: input shapes (default module: the YOLOv8n and YOLOv8s neck maps at "
-                        "640 px, batch 1, 2, 4 and 8; roofline: the YOLOv8n ones at batch 8)")
-    parser.add_argument("--no-compile", action="store_true", help="roofline: skip the torch.compile rows")
-    args = parser.parse_args(argv)
-    args.json = args.json or f"bench_{args.what}.json"
-
-    torch.set_num_threads(args.threads)
-    if args.what in ("video", "step"):
-        if args.what == "video" and not (args.model and args.source):
-            parser.error("video needs --model and --source")
-        device = None if args.device == "cpu" else args.device
-        result = (
-            bench_video(args.model, args.source, args.imgsz, device, args.batch or 4)
-            if args.what == "video"
-            else bench_step(
-                args.family, args.scale, args.imgsz, args.batch or 2, args.device, args.repeats or 2, args.rounds
-            )
-        )
-        print(format_table([result]))
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
-        return
-    if args.what == "roofline":
-        rows = bench_roofline(args.shapes or MODULE_SHAPES["yolov8n"], not args.no_compile, args.repeats or 5, args.rounds)
-        print(format_table(rows))
-        Path(args.json).write_text(json.dumps({"torch": torch.__version__, "threads": args.threads, "rows": rows}, indent=2))
-        print(f"wrote {args.json}")
-        return
-    shapes = args.shapes or [(b, *m) for b in MODULE_BATCHES for maps in NECK_MAPS.values() for m in maps]
-    runs = [("cpu", torch.float32)]
-    if args.device.startswith("cuda"):
-        torch.backends.cudnn.benchmark = True
-        runs += [(args.device, torch.float32), (args.device, torch.float16)]
-    rows = []
-    for device, dtype in runs:
-        rows += bench_module(shapes, device, dtype, args.repeats or 5, args.rounds)
-    print(format_table(rows))
-    with open(args.json, "w") as f:
-        json.dump({"torch": torch.__version__, "threads": args.threads, "rows": rows}, f, indent=2)
-    print(f"wrote {args.json}")
-
-
-if __name__ == "__main__":
-    main()

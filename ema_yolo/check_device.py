@@ -24,20 +24,17 @@ Sections (each a table on stdout, all of them in the JSON with `--json FILE`):
 instead of the whole model, the step at 128 px): under 3 minutes on a 2-core CPU.
 """
 
-import argparse
-import json
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from .bench import NECK_MAPS, format_table, with_reference_ema
+from .bench import NECK_MAPS, with_reference_ema
 from .timing import time_calls
 
-__all__ = ("SECTIONS", "TOLERANCES", "check_device", "main")
+__all__ = ("SECTIONS", "TOLERANCES", "check_device")
 
 SECTIONS = ("versions", "correctness", "determinism", "path", "compile", "step")
 
@@ -54,16 +51,6 @@ TOLERANCES = {
 
 def _progress(message):
     print(f"check-device: {message}", file=sys.stderr, flush=True)
-
-
-def _device(text):
-    """Parse a device: 0 / 1 (CUDA index), cpu, mps, cuda, cuda:1, xpu ...; error if this torch cannot use it."""
-    device = torch.device(f"cuda:{text}" if text.isdigit() else text)
-    if device.type != "cpu":
-        backend = getattr(torch, device.type, None)
-        if backend is None or not backend.is_available():
-            raise argparse.ArgumentTypeError(f"device {text!r} is not available to this torch ({torch.__version__})")
-    return device
 
 
 def _shapes(quick):
@@ -335,33 +322,3 @@ def check_device(device, quick=False, sections=SECTIONS):
             report[section] = step(device, quick, repeats=1 if quick else 3, rounds=3)
         _progress(f"{device}: {section} took {time.perf_counter() - start:.1f} s")
     return report
-
-
-def main(argv=None):
-    """`ema-yolo check-device [--device 0|cpu|mps ...] [--quick] [--json FILE] [--sections ...]`."""
-    parser = argparse.ArgumentParser(prog="ema-yolo check-device", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", nargs="+", type=_device, default=None,
-                        help="devices to check: a CUDA index (0), cuda:N, mps, xpu or cpu (default: CUDA 0 if "
-                        "available, else cpu)")
-    parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats, one EMA module compiled")
-    parser.add_argument("--json", help="also write the report as JSON to this file")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
-    args = parser.parse_args(argv)
-    devices = args.device or [torch.device("cuda:0" if torch.cuda.is_available() else "cpu")]
-    reports = {}
-    for device in devices:
-        report = reports[str(device)] = check_device(device, args.quick, args.sections)
-        print(f"# ema-yolo check-device: {device}{' (quick)' if args.quick else ''}\n")
-        for section, rows in report.items():
-            print(f"## {section}\n\n{format_table(rows if isinstance(rows, list) else [rows])}\n")
-    failed = [f"{device} {section}" for device, report in reports.items() for section, rows in report.items()
-              if isinstance(rows, list) and not all(r.get("pass", True) for r in rows)]
-    if args.json:
-        Path(args.json).write_text(json.dumps(reports, indent=2))
-        print(f"wrote {args.json}")
-    print(f"failed: {', '.join(failed)}" if failed else "all checks passed")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

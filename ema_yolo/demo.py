@@ -5,7 +5,6 @@ predicts on an image that ships inside the `ultralytics` package, annotates a ge
 `report.md` with figures and pictures.
 """
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -99,15 +98,3 @@ def run_demo(out="runs/ema-yolo-demo", model="yolov8n-ema.yaml", epochs=40, imgs
     )
     print(f"\nema-yolo demo: mAP50 {figures['mAP50']:.3f}, mAP50-95 {figures['mAP50-95']:.3f}; report: {out / 'report.md'}")
     return figures
-
-
-def main(argv=None):
-    """Command line for the demo."""
-    parser = argparse.ArgumentParser(prog="ema-yolo demo", description=__doc__)
-    parser.add_argument("--out", default="runs/ema-yolo-demo", help="run folder")
-    parser.add_argument("--model", default="yolov8n-ema.yaml", help="model YAML")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--imgsz", type=int, default=160)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    run_demo(args.out, args.model, args.epochs, args.imgsz, args.seed)

@@ -1,7 +1,13 @@
 """Open the model a user names on a command line: a checkpoint, a model YAML (bare names resolve from ema-yolo's
 `cfg/`), or an exported model, with a one-line error naming it instead of a traceback."""
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ultralytics import YOLO
 
 __all__ = ("ModelError", "open_model")
 
@@ -10,7 +16,7 @@ class ModelError(Exception):
     """A model file that is missing or cannot be loaded; the message names it."""
 
 
-def open_model(spec):
+def open_model(spec: str | Path) -> YOLO:
     """Return `ultralytics.YOLO(spec)`.
 
     Args:

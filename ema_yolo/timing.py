@@ -1,13 +1,16 @@
 """Wall-clock timing of a callable, shared by the benchmarks (`ema_yolo.bench`) and `ema-yolo compare`'s latency."""
 
+from __future__ import annotations
+
 import time
+from collections.abc import Callable
 
 import torch
 
 __all__ = ("time_calls",)
 
 
-def time_calls(fn, device, repeats, warmup=1):
+def time_calls(fn: Callable[[], object], device: str | torch.device, repeats: int, warmup: int = 1) -> list[float]:
     """Return the per-call seconds of `fn` over `repeats` calls, after `warmup` calls (accelerators synchronised).
 
     Args:

@@ -59,7 +59,6 @@ def main():
 
     rng = np.random.default_rng(0)
     coco, baseline = generate(rng, args.images, args.classes, args.dets, noise=0.10)
-    _, variant_gt_check = None, None
     variant_coco, variant = generate(np.random.default_rng(0), args.images, args.classes, args.dets, noise=0.08)
     assert variant_coco == coco  # same images and ground truth, other detections
     gt = GroundTruth(coco, {}, {c: f"c{c}" for c in range(args.classes)}, list(range(1, args.classes + 1)))

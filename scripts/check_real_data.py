@@ -15,8 +15,7 @@ from PIL import Image
 
 from ema_yolo.data.output import Report
 from ema_yolo.data.visdrone import convert_visdrone, parse_annotation
-from ema_yolo.eval.commands import format_metric
-from ema_yolo.eval.protocols import evaluate, load_ground_truth
+from ema_yolo.eval.protocols import evaluate, format_metric, load_ground_truth
 
 
 def constructed_predictions(gt, rng):

@@ -58,7 +58,7 @@ def _letterboxed(paths, size):
     import cv2
     from ultralytics.data.augment import LetterBox
 
-    box = LetterBox((size, size), auto=False)
+    box = LetterBox((size, size), auto=True, stride=32)  # as Ultralytics' predictor pads: to a multiple of 32
     images = []
     for p in paths:
         im = box(image=cv2.imread(str(p)))[:, :, ::-1].copy()

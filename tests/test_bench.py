@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ema_yolo.bench import main
+from ema_yolo.commands import bench as main
 
 
 def test_bench_module_writes_rows_for_the_requested_shapes(tmp_path, capsys):

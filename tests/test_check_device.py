@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from ema_yolo import check_device
+from ema_yolo.commands import check_device as check_device_command
 
 
 def test_check_device_reports_correctness_determinism_and_path(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(check_device, "_shapes", lambda quick: [(1, 64, 6, 5), (2, 48, 3, 4)])  # 48: 24 groups
     out = tmp_path / "report.json"
-    code = check_device.main(["--device", "cpu", "--quick", "--json", str(out),
+    code = check_device_command(["--device", "cpu", "--quick", "--json", str(out),
                               "--sections", "versions", "correctness", "determinism", "path"])
     assert code == 0
     report = json.loads(out.read_text())["cpu"]
@@ -52,7 +53,7 @@ def test_check_device_refuses_an_unavailable_device(capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(SystemExit) as exit_info:
-        check_device.main(["--device", "0"])
+        check_device_command(["--device", "0"])
     assert exit_info.value.code == 2 and "device '0' is not available" in capsys.readouterr().err
 
 

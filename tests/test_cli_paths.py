@@ -11,6 +11,7 @@ import cv2
 
 from ema_yolo.cli import main as cli
 from ema_yolo.eval.protocols import load_ground_truth
+
 from test_video import _clip
 
 

@@ -8,8 +8,9 @@ import time
 import pytest
 import torch
 
+from ema_yolo.ablation.compare import count_gflops, run_compare
+from ema_yolo.ablation.variants import variant_cfg
 from ema_yolo.cli import main as cli
-from ema_yolo.eval.compare import count_gflops, run_compare, variant_cfg
 
 
 def test_variant_names():
@@ -94,7 +95,7 @@ def test_compare_end_to_end_relative_out_killed_and_resumed(tiny_dataset, stock_
 
 
 def test_in_block_variants_name_their_family_block_and_measure_without_training(tmp_path):
-    from ema_yolo.eval.compare import main
+    from ema_yolo.ablation.commands import main
 
     assert variant_cfg("yolov8", "s", "c2f-ema") == "yolov8s-c2f-ema.yaml"
     assert variant_cfg("yolo11", "x", "c3k2-se") == "yolo11x-c3k2-se.yaml"
@@ -111,3 +112,16 @@ def test_in_block_variants_name_their_family_block_and_measure_without_training(
     # yolov8n's ten C2f bottlenecks: 1 of 16 channels, 3 of 32, 4 of 64, 2 of 128 -> EMA with cg = 1, 1, 2, 4
     assert rows[1]["params"] - rows[0]["params"] == 1 * 14 + 3 * 14 + 4 * (10 * 2**2 + 4 * 2) + 2 * (10 * 4**2 + 4 * 4)
     assert rows[1]["GFLOPs"] > rows[0]["GFLOPs"] and rows[1]["latency_ms"] > 0
+
+
+def test_eca_is_a_variant_row_and_in_block(tmp_path):
+    from ema_yolo.ablation.commands import main
+
+    assert main(["--no-train", "--family", "yolov8", "--variants", "baseline,eca,c2f-eca", "--imgsz", "64",
+                 "--out", str(tmp_path / "cost")]) == 0
+    rows = json.loads((tmp_path / "cost" / "results.json").read_text())
+    assert [r["model"] for r in rows] == ["yolov8n.yaml", "yolov8n-eca.yaml", "yolov8n-c2f-eca.yaml"]
+    # ECA rows after yolov8n's 128- and 256-channel P4/P5 blocks: one 1-D kernel each, k = 5 for both (paper's rule)
+    assert rows[1]["params"] - rows[0]["params"] == 5 + 5
+    # in-block: one kernel per bottleneck, 1 of 16 channels, 3 of 32, 4 of 64 (k = 3), 2 of 128 (k = 5)
+    assert rows[2]["params"] - rows[0]["params"] == (1 + 3 + 4) * 3 + 2 * 5

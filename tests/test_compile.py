@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ema_yolo.nn import EMA, EMAReference
-from ema_yolo.nn import ema_function
+from ema_yolo.nn import EMA, EMAReference, ema_function
 from ema_yolo.nn.ema_function import VERSION, ema_backward_op, ema_op
 
 ROOT = Path(__file__).resolve().parents[1]

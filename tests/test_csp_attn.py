@@ -122,24 +122,28 @@ def test_blocks_build_directly_and_checkpoints_load_with_ultralytics_safe_load(t
         assert torch.equal(model(x)[0], loaded(x)[0])
 
 
-def test_self_check_runs_when_the_first_in_block_model_is_built_on_the_meta_device(monkeypatch):
-    # The first in-block row of a process runs the self-check; under torch.device("meta") (shape inference, as
-    # `_parse` here) it must still compute on real tensors instead of failing on `.item()` of a meta tensor.
-    from ema_yolo.integration import csp_blocks
+def test_self_check_passes_under_the_meta_device():
+    # The self-check may run while a model is built under torch.device("meta") (shape inference, as `_parse` here,
+    # with the first registration inside it); it must still compare on real tensors instead of failing on `.item()` of
+    # a meta tensor.
+    from ultralytics.nn import tasks
 
-    monkeypatch.setattr(csp_blocks, "_checked", [])
+    from ema_yolo.integration import parse_model
+
+    with torch.device("meta"):
+        parse_model.check(tasks.parse_model.ema_yolo_wrapped)
     layers = _parse("yolov8n-c2f-ema.yaml")
-    assert csp_blocks._checked == [True] and all(p.is_meta for p in layers.parameters())
+    assert all(p.is_meta for p in layers.parameters())
 
 
 def test_self_check_fails_loudly_when_ultralytics_changes_what_it_relies_on(monkeypatch):
     from ultralytics.nn import tasks
     from ultralytics.nn.modules.block import Bottleneck
 
-    from ema_yolo.integration import csp_blocks
+    from ema_yolo.integration import parse_model
 
     stock = tasks.parse_model.ema_yolo_wrapped
-    csp_blocks._check(stock)  # this Ultralytics passes
+    parse_model.check(stock)  # this Ultralytics passes
 
     class RenamedBottleneck(Bottleneck):
         pass
@@ -156,12 +160,12 @@ def test_self_check_fails_loudly_when_ultralytics_changes_what_it_relies_on(monk
 
     match = "cannot build C2fEMA/C3EMA/C3k2EMA rows with ultralytics"
     with pytest.raises(RuntimeError, match=match):  # no bottleneck would get attention
-        csp_blocks._check(other_inner_block)
+        parse_model.check(other_inner_block)
     with pytest.raises(RuntimeError, match=match + ".*TypeError"):
-        csp_blocks._check(new_signature)
+        parse_model.check(new_signature)
     monkeypatch.setattr(Bottleneck, "forward", lambda self, x: self.cv2(self.cv1(x)))  # a release without shortcut
     with pytest.raises(RuntimeError, match=match + ".*Bottleneck no longer computes"):
-        csp_blocks._check(stock)
+        parse_model.check(stock)
 
 
 @pytest.mark.parametrize("source, target", [("yolov8n.yaml", "yolov8n-c2f-ema.yaml"), ("yolo11n.yaml", "yolo11n-c3k2-ema.yaml"),
@@ -185,15 +189,16 @@ def test_every_stock_tensor_lands_in_the_in_block_model(tmp_path, make_stock_che
 
 
 @pytest.mark.parametrize("family, block", FAMILIES)
-def test_twin_files_differ_from_the_ema_file_only_in_the_block(family, block):
-    from ema_yolo.integration.ultralytics import model_cfg_dir
+def test_twins_differ_from_the_ema_file_only_in_the_block(family, block):
+    from ultralytics.nn.tasks import yaml_model_load
 
     def rows(attention):
-        text = (model_cfg_dir() / f"{family}-{block}-{attention}.yaml").read_text()
-        return [r for r in text.splitlines() if not r.startswith("#")]
+        d = yaml_model_load(f"{family}-{block}-{attention}.yaml")
+        return d["backbone"] + d["head"]
 
     parent = {"c2f": "C2f", "c3k2": "C3k2", "c3": "C3"}[block]
     ema = rows("ema")
-    assert sum(f", {parent}EMA, " in r for r in ema) == 8 and not any(f", {parent}, " in r for r in ema)
-    for attention in ("cbam", "ca", "se"):
-        assert rows(attention) == [r.replace(f", {parent}EMA, ", f", {parent}{attention.upper()}, ") for r in ema]
+    assert sum(r[2] == f"{parent}EMA" for r in ema) == 8 and not any(r[2] == parent for r in ema)
+    for attention in ("cbam", "ca", "se", "eca"):
+        swapped = [[f, n, f"{parent}{attention.upper()}" if m == f"{parent}EMA" else m, a] for f, n, m, a in ema]
+        assert rows(attention) == swapped

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ema_yolo.export.check import CASES, check_case, describe_exit, main, onnx2tf_sample, report, run_cases
+from ema_yolo.export.check import CASES, check_case, describe_exit, onnx2tf_sample, report, run_cases
+from ema_yolo.export.commands import main
 from ema_yolo.export.compare import match_boxes, raw_error
 from ema_yolo.nn import EMA, EMAReference
 from ema_yolo.nn.ema_export import ema_export_forward, export_weights

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 import ema_yolo
-from ema_yolo.integration.ultralytics import YAML_LAYERS, model_cfg_dir
+from ema_yolo.integration.model_cfgs import derive_twin, model_cfg_dir, model_names
+from ema_yolo.integration.ultralytics import YAML_LAYERS
 from ema_yolo.nn import EMA
 
 # Detection models with attention rows; the in-block and other-task YAMLs: tests/test_csp_attn.py, tests/test_tasks.py
-CFGS = sorted(p.name for p in model_cfg_dir().glob("*.yaml") if not any(f"-{k}-" in p.name for k in ("c2f", "c3k2", "c3", "seg", "pose", "obb", "cls")))
+CFGS = [n for n in model_names() if not any(f"-{k}-" in n for k in ("c2f", "c3k2", "c3", "seg", "pose", "obb", "cls"))]
 
 
 def _run(code_or_args, cwd, env=None, timeout=300):
@@ -96,10 +97,10 @@ def test_registration_fails_clearly_if_ultralytics_changes(monkeypatch):
 def test_every_yaml_at_every_scale_builds_and_runs():
     from ultralytics.nn.tasks import DetectionModel
 
-    assert len(CFGS) == 21
+    assert len(CFGS) == 26  # 21 + the five ECA twins
     for name in CFGS:
         for scale in "nsmlx":
-            model = DetectionModel(str(model_cfg_dir() / _scaled(name, scale)), nc=3, verbose=False).eval()
+            model = DetectionModel(_scaled(name, scale), nc=3, verbose=False).eval()
             with torch.no_grad():
                 y = model(torch.zeros(1, 3, 64, 64))
             levels = 4 if "-p2" in name else 3
@@ -127,7 +128,8 @@ def test_rows_with_literal_widths_build_the_c2_model_and_train(layer, tiny_datas
     from ultralytics import YOLO
     from ultralytics.nn.tasks import DetectionModel
 
-    d = yaml.safe_load((model_cfg_dir() / f"yolov8-{layer}.yaml").read_text())
+    d = yaml.safe_load((model_cfg_dir() / "yolov8-ema.yaml").read_text())
+    d = derive_twin(d, layer) if layer != "ema" else d
     rows = d["backbone"] + d["head"]
     attention = [i for i, row in enumerate(rows) if row[3] == ["c2"]]
     for i in attention:
@@ -147,14 +149,19 @@ def test_rows_with_literal_widths_build_the_c2_model_and_train(layer, tiny_datas
     assert {k: v.shape for k, v in trained.state_dict().items()} == {k: v.shape for k, v in c2.state_dict().items()}
 
 
-def test_ablation_files_differ_from_the_ema_file_only_in_the_layer():
+def test_ablation_twins_differ_from_the_ema_file_only_in_the_layer():
+    from ultralytics.nn.tasks import yaml_model_load
+
+    twins = 0
     for name in CFGS:
-        for layer in ("cbam", "ca", "se"):
+        for layer in ("cbam", "ca", "se", "eca"):
             if name.endswith(f"-{layer}.yaml"):
-                ema = (model_cfg_dir() / name.replace(f"-{layer}.yaml", "-ema.yaml")).read_text()
-                rows = [r for r in ema.splitlines() if not r.startswith("#")]
-                expected = [r.replace(", EMA, ", f", {layer.upper()}, ") for r in rows]
-                assert [r for r in (model_cfg_dir() / name).read_text().splitlines() if not r.startswith("#")] == expected
+                ema, twin = yaml_model_load(name.replace(f"-{layer}.yaml", "-ema.yaml")), yaml_model_load(name)
+                rows = [[f, n, layer.upper() if m == "EMA" else m, a] for f, n, m, a in ema["backbone"] + ema["head"]]
+                assert sum(m == "EMA" for _, _, m, _ in ema["backbone"] + ema["head"]) >= 2
+                assert twin["backbone"] + twin["head"] == rows and twin["yaml_file"] == name
+                twins += 1
+    assert twins == 20 and not [p for p in model_cfg_dir().glob("*.yaml") if p.stem.endswith(("-cbam", "-ca", "-se"))]
 
 
 def test_bare_names_resolve_from_any_folder_in_a_fresh_process(tmp_path):

@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from ema_yolo.integration import start
-from ema_yolo.nn import CA, CBAM, EMA, SE
+from ema_yolo.nn import ATTENTION_TYPES, CA, CBAM, ECA, EMA, SE
 from ema_yolo.nn.csp_attn import AttnBottleneck
 
-ATTENTION = (EMA, CBAM, CA, SE)
+ATTENTION = ATTENTION_TYPES
 TOLERANCE = 1e-5  # max |a - b| / max |a| over the raw outputs; measured 0.0 on the real YOLOv8s (docs/reproducing.md)
 VARIANTS = [("yolov8n", f"yolov8n-{v}") for v in ("ema", "cbam", "ca", "se", "c2f-ema", "c2f-cbam", "c2f-ca", "c2f-se")]
 VARIANTS += [("yolov5nu", "yolov5n-c3-ema"), ("yolo11n", "yolo11n-c3k2-ca"), ("yolo11n", "yolo11n-ema")]
+VARIANTS += [("yolov8n", "yolov8n-eca"), ("yolov8n", "yolov8n-c2f-eca")]
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def test_start_changes_only_the_readers_by_the_inverse_gate_and_the_gates_learn(
         assert layer.fc2.weight.grad.abs().sum() > 0 and layer.spatial.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("layer", [EMA(64), CBAM(64), CA(64), SE(64)], ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("layer", [EMA(64), CBAM(64), CA(64), SE(64), ECA(64)], ids=lambda m: type(m).__name__)
 def test_constant_gate_is_the_gain_it_reports_and_stays_trainable(layer):
     x = torch.randn(2, 64, 12, 10, dtype=torch.float64)
     layer = layer.double()
@@ -126,7 +127,7 @@ def test_constant_gate_is_the_gain_it_reports_and_stays_trainable(layer):
     torch.testing.assert_close(out, gain * x, rtol=0, atol=1e-12)
     (out * torch.randn_like(out)).sum().backward()
     trained = {"EMA": ("gn.weight", "conv3x3.weight"), "CBAM": ("fc2.weight", "spatial.weight"),
-               "CA": ("conv_h.weight", "conv_w.weight"), "SE": ("fc2.weight", "fc2.bias")}[type(layer).__name__]
+               "CA": ("conv_h.weight", "conv_w.weight"), "SE": ("fc2.weight", "fc2.bias"), "ECA": ("conv.weight",)}[type(layer).__name__]
     params = dict(layer.named_parameters())
     assert all(params[name].grad.abs().sum() > 0 for name in trained)
 

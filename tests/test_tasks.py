@@ -86,20 +86,32 @@ def test_task_trains_validates_predicts_and_exports(task, tmp_path_factory):
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
 
 
+def _flat(output):
+    """Every tensor of a model's output (tensors, tuples, lists and dicts of them), flattened into one vector."""
+    if isinstance(output, torch.Tensor):
+        return output.flatten()
+    parts = output.values() if isinstance(output, dict) else output if isinstance(output, (list, tuple)) else []
+    return torch.cat([_flat(o) for o in parts] or [torch.zeros(0)])
+
+
 @pytest.mark.parametrize("family", ["yolov8", "yolo11"])
 @pytest.mark.parametrize("task", list(SUFFIX))
-def test_every_stock_tensor_of_each_task_lands(task, family, tmp_path, make_stock_checkpoint):
+def test_every_stock_tensor_of_each_task_lands(task, family, tmp_path, make_stock_checkpoint, monkeypatch):
     from ultralytics import YOLO
-    from ultralytics.nn.tasks import load_checkpoint
+    from ultralytics.nn.tasks import load_checkpoint, yaml_model_load
 
     from ema_yolo.integration.transfer import transfer_report
-
-    from ultralytics.nn.tasks import yaml_model_load
 
     suffix = SUFFIX[task]
     nc = yaml_model_load(f"{family}n-{suffix}.yaml")["nc"]  # the stock YAML's class count (1 for yolov8-pose, ...)
     path = make_stock_checkpoint(tmp_path / f"{family}n-{suffix}.pt", f"{family}n-{suffix}.yaml", nc=nc, seed=5)
     stock = {k: v.float() for k, v in load_checkpoint(path)[0].state_dict().items() if v.is_floating_point()}
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the default start keeps what the stock network computes, whatever the task's head
+        reference = _flat(load_checkpoint(path)[0].float().eval()(x))
+        ours = _flat(YOLO(f"{family}n-{suffix}-ema.yaml").load(path).model.eval()(x))
+    assert float((ours - reference).abs().max() / reference.abs().max()) <= 1e-5
+    monkeypatch.setenv("EMA_YOLO_START", "published")  # tensor identity: nothing but the load touches a tensor
     model = YOLO(f"{family}n-{suffix}-ema.yaml").load(path).model
     kept = [j for j, m in enumerate(model.model) if not isinstance(m, EMA)]  # stock layer i is target layer kept[i]
     state = model.state_dict()

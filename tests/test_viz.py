@@ -95,6 +95,14 @@ def test_explained_layers_strides_and_se(tmp_path):
     assert ema["eigencam"].shape == (64, 96) and 0 <= ema["eigencam"].min() <= ema["eigencam"].max() <= 1
     se = explain_image(YOLO("yolov8n-se.yaml"), image, imgsz=64)
     assert se["layers"] == {"7 SE": None, "10 SE": None} and se["strides"] == {}  # drawn as "no spatial map"
+    eca = explain_image(YOLO("yolov8n-eca.yaml"), image, imgsz=64)
+    assert eca["layers"] == {"7 ECA": None, "10 ECA": None} and eca["strides"] == {}
+
+
+def test_attention_command_draws_eca_as_channel_only(tmp_path):
+    source, out = _images(tmp_path / "images", 1), tmp_path / "out"
+    assert cli(["attention", "--model", "yolov8n-eca.yaml", "--source", str(source), "--out", str(out), "--imgsz", "64"]) == 0
+    assert sorted(p.stem for p in (out / "scene0" / "yolov8n-eca").iterdir()) == ["eigencam", "layer07-ECA", "layer10-ECA"]
 
 
 @pytest.mark.parametrize("case", ["corrupt", "missing", "model"])

@@ -9,6 +9,8 @@ the labels cannot hold and the evaluation needs, to score as pycocotools does on
 - `crowd`: file name -> `[class, left, top, width, height, area]` of each crowd box, as in the JSON (unclipped).
 """
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
 
@@ -26,7 +28,7 @@ def _standard_coco_ids():
     return coco80_to_coco91_class()
 
 
-def category_mapping(categories, mode="auto"):
+def category_mapping(categories: list[dict], mode: str = "auto") -> dict[int, int]:
     """Map COCO category ids to YOLO class indices.
 
     Args:
@@ -64,7 +66,8 @@ def _load_json(path):
     return data
 
 
-def convert_coco(annotations_json, images_dir, dst, mapping="auto", overwrite=False):
+def convert_coco(annotations_json: str | Path, images_dir: str | Path, dst: str | Path, mapping: str = "auto",
+                 overwrite: bool = False) -> Report:
     """Convert a COCO instances JSON and its image folder into a YOLO dataset at `dst` (with `data.yaml`).
 
     Returns:

@@ -3,11 +3,11 @@
 import argparse
 import sys
 
-from ..cli import HelpFormatter
+from ..cli_format import HelpFormatter
 from .output import ConversionError
 
 
-def convert_main(argv=None):
+def convert(argv=None):
     """`ema-yolo convert {visdrone SRC DST | coco ANNOTATIONS_JSON IMAGES_DIR DST} [--overwrite]`."""
     parser = argparse.ArgumentParser(prog="ema-yolo convert", description="Prepare a YOLO dataset from original files.",
                                      formatter_class=HelpFormatter)
@@ -42,7 +42,7 @@ def convert_main(argv=None):
     return 0
 
 
-def synth_main(argv=None):
+def synth(argv=None):
     """`ema-yolo synth {visdrone,coco,yolo,segment,pose,obb,classify} DST [--images N] [--seed S]`."""
     parser = argparse.ArgumentParser(prog="ema-yolo synth", description="Write a small generated dataset in a raw format.",
                                      formatter_class=HelpFormatter)

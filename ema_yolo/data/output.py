@@ -1,10 +1,13 @@
 """What every converter shares: an output folder that appears only when complete, a problem report, label rows."""
 
+from __future__ import annotations
+
 import contextlib
 import os
 import shutil
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ("ConversionError", "Report", "atomic_dir", "box_to_yolo", "dataset_yaml", "place_image")
@@ -20,24 +23,24 @@ class Report:
     def __init__(self):
         self.problems, self.counts = [], {}
 
-    def problem(self, path, message, line=None):
+    def problem(self, path: str | Path, message: str, line: int | None = None) -> None:
         """Record a problem in `path` (at `line`, 1-based) and print it to stderr."""
         where = f"{path}:{line}" if line is not None else str(path)
         self.problems.append(f"{where}: {message}")
         print(f"warning: {where}: {message}", file=sys.stderr)
 
-    def count(self, key, n=1):
+    def count(self, key: str, n: int = 1) -> None:
         """Add `n` to counter `key`."""
         self.counts[key] = self.counts.get(key, 0) + n
 
-    def summary(self):
+    def summary(self) -> str:
         """One line with every counter and the number of problems."""
         parts = [f"{k} {v}" for k, v in sorted(self.counts.items())]
         return ", ".join(parts + [f"problems {len(self.problems)}"])
 
 
 @contextlib.contextmanager
-def atomic_dir(dst, overwrite=False):
+def atomic_dir(dst: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder beside `dst` that becomes `dst` only if the block finishes.
 
     An interrupted or failed conversion leaves no `dst` (and no half-written folder under that name).
@@ -65,7 +68,7 @@ def atomic_dir(dst, overwrite=False):
         raise
 
 
-def place_image(src, dst, data=None):
+def place_image(src: str | Path, dst: str | Path, data: bytes | None = None) -> None:
     """Put an image at `dst` without re-encoding: a hard link to `src` where possible, else a byte copy.
 
     Args:
@@ -82,7 +85,7 @@ def place_image(src, dst, data=None):
         shutil.copyfile(src, dst)
 
 
-def box_to_yolo(x, y, w, h, width, height):
+def box_to_yolo(x: float, y: float, w: float, h: float, width: int, height: int) -> tuple[float, float, float, float]:
     """Clip pixel box (left, top, width, height) to the image; return normalised (cx, cy, w, h) or None if empty."""
     x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
     x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
@@ -91,7 +94,7 @@ def box_to_yolo(x, y, w, h, width, height):
     return ((x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height)
 
 
-def dataset_yaml(root, splits, names):
+def dataset_yaml(root: str | Path, splits: dict[str, str], names: list[str] | dict[int, str]) -> Path:
     """Return the text of an Ultralytics dataset YAML for `splits` (a dict split -> images folder, relative)."""
     train = splits.get("train", next(iter(splits.values())))
     val = splits.get("val", train)

@@ -4,6 +4,8 @@ Many small objects (squares, discs, triangles in class-specific colours) on text
 a detector learns in minutes on a CPU, and every converter and evaluator runs end to end without a download.
 """
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
 
@@ -37,7 +39,8 @@ def _background(rng, width, height):
     return cv2.GaussianBlur(rng.integers(0, 90, (height, width, 3), dtype=np.uint8), (5, 5), 0)
 
 
-def make_scene(rng, width, height, n_classes=3, max_objects=8, min_side=10, max_side=28, overhang=False):
+def make_scene(rng: np.random.Generator, width: int, height: int, n_classes: int = 3, max_objects: int = 8,
+               min_side: int = 10, max_side: int = 28, overhang: bool = False) -> tuple[np.ndarray, list]:
     """Return (BGR image, objects) with objects as (class, left, top, width, height) pixel boxes, not overlapping.
 
     Class c is drawn as shape c % 3 in a colour band of its own. With `overhang`, some boxes run past the image edge
@@ -61,7 +64,7 @@ def make_scene(rng, width, height, n_classes=3, max_objects=8, min_side=10, max_
     return image, objects
 
 
-def make_yolo_dataset(dst, train=160, val=32, size=160, seed=0):
+def make_yolo_dataset(dst: str | Path, train: int = 160, val: int = 32, size: int = 160, seed: int = 0) -> Path:
     """Write a YOLO-layout dataset (`images/{train,val}`, `labels/{train,val}`, `data.yaml`) under `dst`.
 
     Returns:
@@ -82,7 +85,7 @@ def make_yolo_dataset(dst, train=160, val=32, size=160, seed=0):
     return yaml_path
 
 
-def make_visdrone_raw(dst, images=8, seed=0, width=256, height=192):
+def make_visdrone_raw(dst: str | Path, images: int = 8, seed: int = 0, width: int = 256, height: int = 192) -> Path:
     """Write a VisDrone2019-DET-style split: `images/*.jpg` and RAW `annotations/*.txt`.
 
     Each file holds the objects (categories 1-10, random truncation/occlusion, some running past the image edge),
@@ -109,7 +112,8 @@ def make_visdrone_raw(dst, images=8, seed=0, width=256, height=192):
     return truth
 
 
-def make_coco_raw(dst, images=8, seed=0, width=224, height=160, categories=None):
+def make_coco_raw(dst: str | Path, images: int = 8, seed: int = 0, width: int = 224, height: int = 160,
+                  categories: list[dict] | None = None) -> Path:
     """Write a COCO-format set: `images/*.jpg` and `annotations.json` (with one crowd box in some images).
 
     Args:
@@ -198,7 +202,7 @@ def _label_rows(task, rng, size):
     return image, rows
 
 
-def make_task_dataset(dst, task, train=8, val=4, size=64, seed=0):
+def make_task_dataset(dst: str | Path, task: str, train: int = 8, val: int = 4, size: int = 64, seed: int = 0) -> Path:
     """Write a small generated dataset for Ultralytics task `task` under `dst`, deterministic by `seed`.
 
     Formats (https://docs.ultralytics.com/datasets/): `detect` boxes, `segment` polygons (each shape's outline),

@@ -7,6 +7,8 @@ Categories 1-10 (pedestrian ... motor) become classes 0-9. Category 0 (ignored r
 Images are hard-linked where possible, else copied (from an archive: its bytes written as they are), never re-encoded.
 """
 
+from __future__ import annotations
+
 import io
 import re
 import zipfile
@@ -22,7 +24,7 @@ NAMES = ("pedestrian", "people", "bicycle", "car", "van", "truck", "tricycle", "
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def parse_annotation(text, path, report):
+def parse_annotation(text: str, path: str | Path, report: Report) -> tuple[list, list]:
     """Parse RAW VisDrone annotation text.
 
     Args:
@@ -185,7 +187,7 @@ def _convert_split(split, out, report):
         report.count("images")
 
 
-def convert_visdrone(src, dst, overwrite=False):
+def convert_visdrone(src: str | Path, dst: str | Path, overwrite: bool = False) -> Report:
     """Convert VisDrone2019-DET from `src` (split folder, folder of splits and/or zips, or one zip) into `dst`.
 
     Returns:

@@ -1,1 +1,1 @@
-"""Evaluation with the field's protocols (pycocotools COCOeval; the VisDrone2019-DET rules) and the ablation harness."""
+"""Evaluation with the field's protocols (pycocotools COCOeval; the VisDrone2019-DET rules), and `ema-yolo eval`."""

@@ -433,7 +433,7 @@ class VisdroneMatches(Matches):
         total = class_weight.sum()
 
         def mean2(values):  # the toolkit's mean2(AP(evalClass, :)): a class weighs by its images
-            return float((class_weight @ values.mean(axis=1))) / total if total else None
+            return float(class_weight @ values.mean(axis=1)) / total if total else None
 
         metrics = {"AP": mean2(ap), "AP50": mean2(ap[:, :1]), "AP75": mean2(ap[:, 5:6])}
         metrics.update({f"AR{m}": mean2(ar[:, :, y]) for y, m in enumerate(TOOLKIT_MAX_DETS)})

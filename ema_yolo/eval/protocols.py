@@ -14,20 +14,26 @@ them on the original JSON: areas for the APs/m/l ranges, crowd boxes as regions 
 `ignored/<stem>.txt` (written by `ema-yolo convert visdrone`).
 """
 
+from __future__ import annotations
+
 import contextlib
 import io
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from ..data.coco import COCO_IDS_FILE
+from ..data.images import image_files
 from .visdrone_toolkit import evaluate_toolkit, keep_outside_ignored
 
-__all__ = ("EvalError", "GroundTruth", "checked_categories", "coco_evaluator", "evaluate", "load_ground_truth",
-           "match_classes", "visdrone_images", "visdrone_kept")
+__all__ = (
+    "EvalError", "GroundTruth", "checked_categories", "coco_evaluator", "evaluate", "format_metric", "format_table",
+    "load_ground_truth", "match_classes", "visdrone_images", "visdrone_kept",
+)  # fmt: skip
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 VISDRONE_KEYS = ("AP", "AP50", "AP75", "AR1", "AR10", "AR100", "AR500")
@@ -48,30 +54,14 @@ class GroundTruth:
         dropped (list[str]): One line per label file Ultralytics' check dropped or changed, saying why.
     """
 
-    def __init__(self, coco, ignored, names, category_ids, dropped=()):
+    def __init__(self, coco: dict, ignored: dict, names: dict[int, str], category_ids: list[int],
+                 dropped: Iterable[str] = ()):
         self.coco, self.ignored, self.names, self.category_ids = coco, ignored, names, category_ids
         self.dropped = list(dropped)
 
 
 def _image_id(stem):
     return int(stem) if stem.isnumeric() else stem
-
-
-def _image_files(source):
-    """Image paths of a dataset split entry (folder, .txt list, or list of either), as Ultralytics reads them."""
-    from ultralytics.data.utils import IMG_FORMATS
-
-    files = []
-    for entry in source if isinstance(source, list) else [source]:
-        p = Path(entry)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS)
-        elif p.is_file():
-            files += [p.parent / line.strip() if line.strip().startswith("./") else Path(line.strip())
-                      for line in p.read_text().splitlines() if line.strip()]
-        else:
-            raise EvalError(f"{p}: dataset split not found")
-    return files
 
 
 def _sibling(image, folder):
@@ -116,7 +106,7 @@ class _CocoRecord:
         return [by_row[tuple(row)] for row in rows]
 
 
-def load_ground_truth(data_yaml, split="val"):
+def load_ground_truth(data_yaml: str | Path, split: str = "val") -> GroundTruth:
     """Build COCO-format ground truth for `split` of an Ultralytics dataset YAML from its labels.
 
     Each image and label file goes through Ultralytics' `verify_image_label`, as in its validator's dataset: polygon
@@ -142,7 +132,10 @@ def load_ground_truth(data_yaml, split="val"):
     # Same rule as Ultralytics' DetectionValidator, so its predictions.json files match.
     is_coco = isinstance(val, str) and "coco" in val and val.endswith(("/val2017.txt", "/test-dev2017.txt"))
     category_ids = coco80_to_coco91_class() if is_coco else list(range(1, len(names) + 1))
-    images = _image_files(val)
+    try:
+        images = image_files(val, recursive=True, lists=True)
+    except FileNotFoundError as e:
+        raise EvalError(f"{e.filename}: dataset split not found") from None
     if not images:
         raise EvalError(f"{data_yaml}: split '{split}' has no images")
     nkpt, ndim = data.get("kpt_shape", (0, 0))
@@ -188,7 +181,7 @@ def load_ground_truth(data_yaml, split="val"):
     return GroundTruth(coco, ignored, names, category_ids, dropped)
 
 
-def match_classes(model_names, gt):
+def match_classes(model_names: dict[int, str], gt: GroundTruth) -> tuple[dict[int, int], list[str]]:
     """Match a model's classes to the dataset's by name, as `eval --model` scores them.
 
     Args:
@@ -247,7 +240,7 @@ def by_score(predictions):
     return {i: sorted(group, key=lambda d: -d["score"]) for i, group in by_image(predictions).items()}
 
 
-def visdrone_kept(gt, image, detections):
+def visdrone_kept(gt: GroundTruth, image: dict, detections: list[dict]) -> list[dict]:
     """The toolkit's order for one image (`saveAnnoRes.m`, then `calcAccuracy.m`): `detections` (in result-file
     order) without those in the image's ignored regions, then the first 500 of them. `image` is a `gt.coco` image."""
     regions = gt.ignored.get(image["id"], [])
@@ -341,7 +334,8 @@ def _coco(gt, predictions, categories):
     return metrics
 
 
-def evaluate(gt, predictions, protocol="coco", source="predictions", classes=None, in_file_order=False):
+def evaluate(gt: GroundTruth, predictions: list[dict], protocol: str = "coco", source: str = "predictions",
+             classes: list[str] | None = None, in_file_order: bool = False) -> dict:
     """Score `predictions` against `gt` under the `coco` or `visdrone` protocol.
 
     A metric is None where it is undefined: where pycocotools marks -1 (a class without ground truth, APl without
@@ -371,3 +365,16 @@ def evaluate(gt, predictions, protocol="coco", source="predictions", classes=Non
         raise EvalError(f"unknown protocol {protocol!r} (coco or visdrone)")
     metrics["per_class"] = {names[c]: ap for c, ap in metrics["per_class"].items()}
     return metrics
+
+
+def format_metric(value: float | None) -> str:
+    """A metric as printed: four decimals, or 'n/a' where it is undefined (None, see `protocols.evaluate`)."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def format_table(metrics: dict, protocol: str) -> str:
+    """A terminal table of the summary metrics and per-class AP."""
+    lines = [f"{protocol} protocol", "-" * 28]
+    lines += [f"{k:<10}{format_metric(v):>10}" for k, v in metrics.items() if k != "per_class"]
+    lines += ["-" * 28, "per-class AP"] + [f"{n:<18}{format_metric(ap):>10}" for n, ap in metrics["per_class"].items()]
+    return "\n".join(lines)

@@ -12,6 +12,8 @@ indices through the ground truth's `category_ids`, then to the benchmark's ids. 
 shortest round-trip float repr, so reading the files back gives exactly the predictions written.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import uuid
@@ -20,7 +22,7 @@ from pathlib import Path
 from ..data.coco import COCO_IDS_FILE
 from ..data.output import atomic_dir
 from ..data.visdrone import NAMES as VISDRONE_NAMES
-from .protocols import EvalError, by_score, visdrone_kept
+from .protocols import EvalError, GroundTruth, by_score, visdrone_kept
 
 __all__ = ("coco_original_ids", "read_visdrone_results", "save_results", "write_coco_results",
            "write_visdrone_results")
@@ -31,7 +33,7 @@ def _check_visdrone_classes(gt):
                         f"{tuple(gt.names.values())}")
 
 
-def write_visdrone_results(folder, gt, predictions):
+def write_visdrone_results(folder: str | Path, gt: GroundTruth, predictions: list[dict]) -> int:
     """Write VisDrone2019-DET result files, one `<image stem>.txt` per image of the split, into `folder`.
 
     Args:
@@ -82,7 +84,7 @@ def _is_result_folder(folder):
     return True
 
 
-def read_visdrone_results(folder, gt):
+def read_visdrone_results(folder: str | Path, gt: GroundTruth) -> list[dict]:
     """Read VisDrone2019-DET result files back into `save_json`-format detections for `protocols.evaluate`.
 
     Args:
@@ -125,7 +127,7 @@ def read_visdrone_results(folder, gt):
     return predictions
 
 
-def coco_original_ids(images_dir, gt):
+def coco_original_ids(images_dir: str | Path, gt: GroundTruth) -> tuple[dict, dict]:
     """Original COCO image and category ids of a split converted by `ema-yolo convert coco`.
 
     Reads `coco_ids.json`, written by the converter beside the split's `images/` folder. Without it (e.g. the
@@ -161,7 +163,7 @@ def coco_original_ids(images_dir, gt):
     return {im["id"]: im["id"] for im in gt.coco["images"]}, dict(zip(gt.category_ids, coco80_to_coco91_class())), None
 
 
-def write_coco_results(file, predictions, image_ids, category_ids):
+def write_coco_results(file: str | Path, predictions: list[dict], image_ids: dict, category_ids: dict) -> int:
     """Write a COCO detection results JSON (`loadRes` format) with original image and category ids.
 
     Args:
@@ -190,7 +192,8 @@ def write_coco_results(file, predictions, image_ids, category_ids):
     return len(results)
 
 
-def save_results(gt, predictions, data, split="val", visdrone_dir=None, coco_file=None):
+def save_results(gt: GroundTruth, predictions: list[dict], data: str | Path, split: str = "val",
+                 visdrone_dir: str | Path | None = None, coco_file: str | Path | None = None) -> list[str]:
     """What `ema-yolo eval --save-visdrone DIR --save-coco FILE` does; returns one line per file set written."""
     from ultralytics.data.utils import check_det_dataset
 

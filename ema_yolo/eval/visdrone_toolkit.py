@@ -20,6 +20,8 @@ val annotations (every object of categories 1-10 there has score 1), and YOLO la
 ignore branch has nothing to do here and is not ported.
 """
 
+from __future__ import annotations
+
 import numpy as np
 
 __all__ = ("TOOLKIT_COMMIT", "evaluate_toolkit", "keep_outside_ignored", "match_class")
@@ -35,7 +37,7 @@ def _matlab_round(x):
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
-def keep_outside_ignored(boxes, regions, height, width):
+def keep_outside_ignored(boxes: np.ndarray, regions: np.ndarray, height: int, width: int) -> np.ndarray:
     """`dropObjectsInIgr.m`: which boxes stay, given the image's ignored regions.
 
     Args:
@@ -103,7 +105,7 @@ def _voc_ap(rec, prec):
     return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
 
 
-def match_class(images, cls):
+def match_class(images: list, cls: int) -> list:
     """`calcAccuracy.m`'s per-image matching (`evalRes`) of one class, at every IoU threshold and maxDets.
 
     Args:
@@ -134,7 +136,7 @@ def match_class(images, cls):
     return matches
 
 
-def evaluate_toolkit(images, classes):
+def evaluate_toolkit(images: list, classes: list[int]) -> dict:
     """`calcAccuracy.m` over images already passed through `keep_outside_ignored` (`saveAnnoRes.m`).
 
     Args:

@@ -15,7 +15,8 @@ A full-precision (fp32) case passes when its raw outputs differ by less than 1e-
 with IoU > 0.99; reduced-precision cases report their figures (their mAP change is the measure).
 """
 
-import argparse
+from __future__ import annotations
+
 import functools
 import json
 import os
@@ -26,10 +27,9 @@ import statistics
 import subprocess
 import sys
 import time
-from ..cli import HelpFormatter
 from pathlib import Path
 
-__all__ = ("CASES", "UNAVAILABLE", "check_case", "describe_exit", "main", "onnx2tf_sample", "run_cases")
+__all__ = ("CASES", "UNAVAILABLE", "check_case", "checkpoint_of", "describe_exit", "onnx2tf_sample", "report", "run_cases")
 
 # name -> (Ultralytics export arguments, precision). Every CPU-exportable format of Ultralytics 8.4 on Linux x86.
 CASES = {
@@ -78,7 +78,7 @@ ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 RAW_TOL, MIN_IOU = 1e-3, 0.99
 
 
-def describe_exit(code):
+def describe_exit(code: int | None) -> str:
     """Describe a child process's return code: 0 -> 'ok', -11 or 139 -> 'crashed (SIGSEGV)', else 'exit N'.
 
     Example:
@@ -151,7 +151,7 @@ def _load(exported, name):
     return backend
 
 
-def onnx2tf_sample(images, folder):
+def onnx2tf_sample(images: list[str], folder: str | Path) -> Path:
     """Write onnx2tf's calibration sample into `folder`, made from `images`, so Ultralytics does not download it.
 
     Ultralytics' TensorFlow exports (SavedModel, GraphDef) look for `calibration_image_sample_data_20x128x128x3_float32
@@ -195,7 +195,8 @@ def _export(checkpoint, kwargs, imgsz, data, folder):
     return YOLO(local).export(imgsz=imgsz, device="cpu", verbose=False, **kwargs, **extra)
 
 
-def check_case(name, model, images, imgsz, out, baseline=None, data=None, val=False, second_size=None, conf=0.25):
+def check_case(name: str, model: str, images: list[str], imgsz: int, out: str | Path, baseline: str | None = None,
+               data: str | None = None, val: bool = False, second_size: int | None = None, conf: float = 0.25) -> dict:
     """Run one case in this process and return its result (`run_cases` calls it in a child process).
 
     Args:
@@ -281,7 +282,7 @@ def _status(precision, result):
     return "match" if ok else "MISMATCH"
 
 
-def run_cases(names, spec, out, timeout=1800):
+def run_cases(names: list[str], spec: dict, out: str | Path, timeout: float = 1800) -> list[dict]:
     """Run each case of `names` in its own process; return one row per case (status, figures, failure reason).
 
     Args:
@@ -349,7 +350,7 @@ def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
-def report(rows, reference_map=None):
+def report(rows: list[dict], reference_map: float | None = None) -> str:
     """Markdown table of `run_cases` rows (max over sizes of each error; mAP change vs `reference_map`)."""
     head = (
         "| case | precision | status | max raw diff | max box diff / imgsz | max score diff | boxes matched "
@@ -373,24 +374,7 @@ def report(rows, reference_map=None):
     return "\n".join(lines)
 
 
-def _image_files(paths):
-    """Image files among `paths` (files, or folders searched one level deep), sorted; raise if there are none."""
-    from ultralytics.data.utils import IMG_FORMATS
-
-    files = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix[1:].lower() in IMG_FORMATS)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
-    if not files:
-        raise FileNotFoundError(f"no images in {', '.join(map(str, paths))}")
-    return [str(f.resolve()) for f in files]
-
-
-def _checkpoint(model, out):
+def checkpoint_of(model: str | Path, out: str | Path) -> str:
     """`model` itself if it is a checkpoint; a model YAML is built (random weights) and saved to `out`."""
     if not str(model).endswith((".yaml", ".yml")):
         if not Path(model).is_file():
@@ -403,55 +387,5 @@ def _checkpoint(model, out):
     return str(path.resolve())
 
 
-def main(argv=None):
-    """`ema-yolo check-exports IMAGES... [--model M] [--baseline B] [--data D] [--formats a,b] [--imgsz N]`."""
-    all_cases = [*CASES, *UNAVAILABLE]
-    parser = argparse.ArgumentParser(prog="ema-yolo check-exports", description=__doc__.split("\n\n")[0],
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("images", nargs="+", help="image files or folders to compare outputs on")
-    parser.add_argument("--model", default="yolov8n-ema.yaml", help="checkpoint or model YAML (random weights)")
-    parser.add_argument("--baseline", help="checkpoint or YAML timed side by side in each format, e.g. yolov8n.yaml")
-    parser.add_argument("--data", help="dataset YAML: int8 calibration images (its val split) and --val")
-    parser.add_argument("--val", action="store_true", help="also measure each export's mAP50-95 on --data")
-    parser.add_argument("--formats", default=",".join(all_cases), help=f"comma-separated cases ({', '.join(all_cases)})")
-    parser.add_argument("--imgsz", type=int, default=640, help="export size")
-    parser.add_argument("--second-size", type=int, help="another size for dynamic exports (default imgsz / 2)")
-    parser.add_argument("--conf", type=float, default=0.25, help="NMS confidence for the box comparison")
-    parser.add_argument("--out", default="runs/check-exports", help="output folder (results.md, results.json)")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds one case may take")
-    args = parser.parse_args(argv)
-    if args.val and not args.data:
-        parser.error("--val needs --data")
-    names = [n.strip() for n in args.formats.split(",") if n.strip()]
-    if unknown := [n for n in names if n not in all_cases]:
-        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(all_cases)}")
-    try:
-        images = _image_files(args.images)
-        out = Path(args.out).resolve()
-        out.mkdir(parents=True, exist_ok=True)
-        spec = {
-            "model": _checkpoint(args.model, out),
-            "baseline": _checkpoint(args.baseline, out) if args.baseline else None,
-            "images": images,
-            "imgsz": args.imgsz,
-            "data": str(Path(args.data).resolve()) if args.data else None,
-            "val": args.val,
-            "second_size": args.second_size or max(32, args.imgsz // 64 * 32),
-            "conf": args.conf,
-        }
-    except FileNotFoundError as e:
-        print(f"ema-yolo check-exports: {e}", file=sys.stderr)
-        return 2
-    rows = run_cases(names, spec, out, args.timeout)
-    reference = next((r.get("map") for r in rows if r["case"] == "pytorch"), None)
-    table = report(rows, reference)
-    (out / "results.json").write_text(json.dumps({"spec": spec, "rows": rows}, indent=1))
-    (out / "results.md").write_text(table + "\n")
-    print(table)
-    return int(any(r["status"].startswith(("FAILED", "MISMATCH")) for r in rows))
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--worker"]:
-        sys.exit(_worker(sys.argv[2:]))
-    sys.exit(main())
+if __name__ == "__main__":  # a case's own process (`run_cases`)
+    sys.exit(_worker(sys.argv[2:]) if sys.argv[1:2] == ["--worker"] else 2)

@@ -5,13 +5,15 @@ probabilities. The two kinds of rows have different ranges, so each gets its own
 input size, score rows as absolute probability (already on a 0-1 scale). `raw_error` is the larger of the two.
 """
 
+from __future__ import annotations
+
 import numpy as np
 import torch
 
 __all__ = ("head_output", "load_images", "match_boxes", "raw_error")
 
 
-def load_images(paths, imgsz):
+def load_images(paths: list[str], imgsz: int) -> torch.Tensor:
     """Letterbox image files to `imgsz` (int or (h, w)) as a float32 (B, 3, H, W) RGB tensor in [0, 1].
 
     Uses Ultralytics' `LetterBox` with the padding and scale-up its predictor applies to fixed-size exports.
@@ -44,14 +46,14 @@ def load_images(paths, imgsz):
     return torch.from_numpy(np.ascontiguousarray(np.stack(batch))).float() / 255
 
 
-def head_output(y):
+def head_output(y: torch.Tensor | list | tuple) -> torch.Tensor:
     """Return the (B, 4 + nc, anchors) prediction tensor from what a model or backend returns."""
     while isinstance(y, (list, tuple)):
         y = y[0]
     return torch.as_tensor(y).float()
 
 
-def raw_error(out, ref, imgsz):
+def raw_error(out: torch.Tensor, ref: torch.Tensor, imgsz: int) -> dict:
     """Max error of raw head output `out` against `ref`, both (B, 4 + nc, anchors).
 
     Args:
@@ -74,7 +76,8 @@ def raw_error(out, ref, imgsz):
     return {"box": box, "score": score, "raw": max(box, score)}
 
 
-def match_boxes(out, ref, conf=0.25, iou=0.7, min_iou=0.99, margin=0.01):
+def match_boxes(out: torch.Tensor, ref: torch.Tensor, conf: float = 0.25, iou: float = 0.7, min_iou: float = 0.99,
+                margin: float = 0.01) -> dict:
     """Run Ultralytics' NMS on both raw outputs and check that every confident box has a twin in the other set.
 
     A box's twin is a same-class box of the other set with IoU > `min_iou`. A box without one is excused when

@@ -13,15 +13,16 @@ translated prefixes, and `BaseTrainer._setup_train` to give `args.freeze` its va
 `args.yaml`, checkpoints and the DDP launcher keep the user's `freeze=N`.
 """
 
+from __future__ import annotations
+
 import functools
+from types import ModuleType
+
+from torch import nn
+
+from ..nn.registry import ATTENTION_TYPES
 
 __all__ = ("install", "stock_freeze")
-
-
-def _attention_types():
-    from ..nn.create_attn import ATTENTION_LAYERS
-
-    return tuple(ATTENTION_LAYERS.values())
 
 
 def _stock_parts(module, name, attention):
@@ -43,7 +44,7 @@ def _ranges(indices):
     return "model." + ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in spans)
 
 
-def stock_freeze(model, n):
+def stock_freeze(model: nn.Module, n: int) -> tuple[list[str], str] | None:
     """Translate `freeze=n` for `model` into Ultralytics' freeze entries, or None where it means what it says.
 
     Args:
@@ -60,7 +61,7 @@ def stock_freeze(model, n):
         >>> stock_freeze(DetectionModel("yolov8n-ema.yaml", verbose=False), 10)[0]
         ['0', '1', '2', '3', '4', '5', '6', '8', '9', '11']
     """
-    attention = _attention_types()
+    attention = ATTENTION_TYPES
     layers = list(model.model)
     if not any(isinstance(m, attention) for m in model.modules()):
         return None
@@ -73,7 +74,7 @@ def stock_freeze(model, n):
     return entries, line
 
 
-def install(trainer_module):
+def install(trainer_module: ModuleType) -> None:
     """Wrap `BaseTrainer.setup_model` and `BaseTrainer._setup_train` (idempotent).
 
     Args:

@@ -1,5 +1,7 @@
 """Run Ultralytics with no network request: its online check, plotting font and AMP check all reach out otherwise."""
 
+from __future__ import annotations
+
 import os
 import shutil
 from pathlib import Path
@@ -9,7 +11,7 @@ __all__ = ("prepare_offline",)
 FONTS = ("Arial.ttf", "Arial.Unicode.ttf")  # the names Ultralytics' plotting downloads when missing
 
 
-def prepare_offline(config_dir=None):
+def prepare_offline(config_dir: str | Path | None = None) -> Path:
     """Make the next `import ultralytics` offline; call before importing it.
 
     Sets `YOLO_OFFLINE=1` (gates Ultralytics' online check), optionally points `YOLO_CONFIG_DIR` at `config_dir`,

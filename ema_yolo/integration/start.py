@@ -20,10 +20,14 @@ The start here keeps the stock function exactly while every gate stays trainable
 uses it.
 """
 
+from __future__ import annotations
+
 import os
 
 import torch
 from torch import nn
+
+from ..nn.registry import ATTENTION_TYPES
 
 __all__ = ("START_ENV", "StartReport", "start_choice", "start_new_layers")
 
@@ -32,7 +36,7 @@ _CHOICES = ("function-preserving", "published")
 _COMMUTING = (nn.Upsample, nn.MaxPool2d, nn.Identity)  # parameter-free layers with f(g * x) == g * f(x) for g > 0
 
 
-def start_choice():
+def start_choice() -> str:
     """Return the start named by `EMA_YOLO_START`: 'function-preserving' (unset or empty) or 'published'.
 
     Raises:
@@ -75,12 +79,6 @@ class StartReport:
         for index, why in self.published:
             text += f"{'; ' if text else ''}model.{index} keeps the published initialisation ({why})"
         return text
-
-
-def _attention_types():
-    from ..nn.create_attn import ATTENTION_LAYERS
-
-    return tuple(ATTENTION_LAYERS.values())
 
 
 def _sources(layer, index):
@@ -203,7 +201,7 @@ def _absorb(model, inputs, index, channels, factor, done):
             raise ValueError(f"model.{k} ({type(reader).__name__}) cannot absorb a constant factor on its input")
 
 
-def start_new_layers(model, new_keys):
+def start_new_layers(model: nn.Module, new_keys: set[str]) -> StartReport:
     """Give the attention layers of `model` whose tensors did not come from the checkpoint the start `start_choice()`
     names: the function-preserving start (module docstring), in place, or the published one (they keep it).
 
@@ -217,7 +215,7 @@ def start_new_layers(model, new_keys):
     Raises:
         ValueError: If a new attention layer exists and `EMA_YOLO_START` is invalid (`start_choice`).
     """
-    attention, report = _attention_types(), StartReport()
+    attention, report = ATTENTION_TYPES, StartReport()
     names = {m: n for n, m in model.named_modules()}
 
     def new(module):

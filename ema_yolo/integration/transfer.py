@@ -10,9 +10,12 @@ of a new class count, class-name remapping and the first convolution stays Ultra
 architecture (resume, a trained EMA model into its own YAML) goes to the stock method untouched.
 """
 
+from __future__ import annotations
+
 import copy
 import functools
 import weakref
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -36,7 +39,7 @@ def _numel(layer):
     return sum(v.numel() for v in layer.state_dict().values() if v.is_floating_point())
 
 
-def align_layers(src, dst):
+def align_layers(src: nn.Sequential, dst: nn.Sequential) -> dict[int, int]:
     """Map each layer of `src` to the layer of `dst` that plays its part, by aligning the two layer sequences.
 
     Two layers correspond when the target layer is of the source layer's type (or a subclass of it, such as a block
@@ -116,7 +119,7 @@ class TransferReport:
         body_share (float): Share of the checkpoint's values outside its last layer (the head) that landed.
     """
 
-    def __init__(self, src_model, dst_model, mapping, src_state):
+    def __init__(self, src_model: nn.Module, dst_model: nn.Module, mapping: dict[int, int], src_state: dict):
         dst_state = dst_model.state_dict()
         landed = total = landed_values = total_values = body_values = body_landed = 0
         head = len(src_model.model) - 1
@@ -155,7 +158,7 @@ class TransferReport:
 _reports = weakref.WeakKeyDictionary()  # model -> its last TransferReport; kept off the model so checkpoints stay stock
 
 
-def transfer_report(model):
+def transfer_report(model: nn.Module) -> TransferReport | None:
     """Return the `TransferReport` of the last pretrained load into `model` (any architecture), or None.
 
     Args:
@@ -246,7 +249,7 @@ def _check_load_path(tasks):
         )
 
 
-def install(tasks):
+def install(tasks: ModuleType) -> None:
     """Wrap `tasks.BaseModel.load` with the structural transfer (idempotent) and check it on a tiny model.
 
     Args:

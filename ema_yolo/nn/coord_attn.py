@@ -1,9 +1,12 @@
 """Coordinate Attention (Hou et al., CVPR 2021, arXiv 2103.02907)."""
 
+from __future__ import annotations
+
 import torch
 from torch import nn
 
 from .graph_args import GraphArgsMeta
+from .widths import reduced_width
 
 __all__ = ("CA",)
 
@@ -24,16 +27,16 @@ class CA(nn.Module, metaclass=GraphArgsMeta):
         torch.Size([2, 64, 8, 6])
     """
 
-    def __init__(self, channels, reduction=32):
+    def __init__(self, channels: int, reduction: int = 32):
         super().__init__()
-        hidden = max(8, channels // reduction)
+        hidden = reduced_width(channels, reduction)
         self.conv1 = nn.Conv2d(channels, hidden, 1)
         self.bn1 = nn.BatchNorm2d(hidden)
         self.act = nn.Hardswish()
         self.conv_h = nn.Conv2d(hidden, channels, 1)
         self.conv_w = nn.Conv2d(hidden, channels, 1)
 
-    def constant_gate_(self):
+    def constant_gate_(self) -> float:
         """Make both gates a constant 0.5 (zero `conv_h` and `conv_w`), so the layer computes `0.25 * x`; in place.
 
         The function-preserving start of a layer inserted into a pretrained network (`ema_yolo.integration.start`).
@@ -48,7 +51,7 @@ class CA(nn.Module, metaclass=GraphArgsMeta):
                 conv.bias.zero_()
         return 0.25
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Gate `x` by its row and column attention maps."""
         h = x.shape[2]
         pooled = torch.cat((x.mean(3, keepdim=True), x.mean(2, keepdim=True).transpose(2, 3)), 2)  # (B, C, H+W, 1)

@@ -9,19 +9,19 @@ gradient path, and every convolution keeps the stock block's name and shape, so 
 
 The blocks are subclasses of the stock ones: same arguments, same convolutions, plus the attention layers. In a
 model YAML they are built by the stock parser with the stock width scaling, repeat count and C3k2 `c3k` rule
-(`ema_yolo.integration.csp_blocks`), so `[-1, 3, C2fEMA, [128, True]]` replaces `[-1, 3, C2f, [128, True]]` at
+(`ema_yolo.integration.parse_model`), so `[-1, 3, C2fEMA, [128, True]]` replaces `[-1, 3, C2f, [128, True]]` at
 every scale. This module imports Ultralytics; import it as `ema_yolo.nn.csp_attn`.
 """
 
+from __future__ import annotations
+
 import torch
-from ultralytics.nn.modules.block import C2f, C3, Bottleneck, C3k2
+from torch import nn
+from ultralytics.nn.modules.block import C3, Bottleneck, C2f, C3k2
 
-from .create_attn import ATTENTION_LAYERS, create_attn
+from .registry import REGISTRY, create_attn
 
-__all__ = (
-    "CSP_ATTN_BLOCKS", "AttnBottleneck", "add_attention", "C2fEMA", "C2fCBAM", "C2fCA", "C2fSE", "C3EMA", "C3CBAM", "C3CA",
-    "C3SE", "C3k2EMA", "C3k2CBAM", "C3k2CA", "C3k2SE",
-)  # fmt: skip
+STOCK_BLOCKS = (C2f, C3, C3k2)  # the Ultralytics CSP blocks that get in-block twins
 
 
 class AttnBottleneck(Bottleneck):
@@ -29,7 +29,7 @@ class AttnBottleneck(Bottleneck):
 
     Args:
         c1, c2, shortcut, g, k, e: As `ultralytics.nn.modules.block.Bottleneck`.
-        attn (str): Attention layer name (`ema_yolo.nn.create_attn`: ema, cbam, ca, se), built for `c2` channels.
+        attn (str): Attention layer name (a key of `ema_yolo.nn.registry.REGISTRY`), built for `c2` channels.
 
     Shape:
         Input (B, c1, H, W) -> output (B, c2, H, W).
@@ -41,38 +41,39 @@ class AttnBottleneck(Bottleneck):
 
     gain = 1.0  # the attention output's factor: 1 (published) unless a function-preserving start set it
 
-    def __init__(self, c1, c2, shortcut=True, g=1, k=(3, 3), e=0.5, attn="ema"):
+    def __init__(self, c1: int, c2: int, shortcut: bool = True, g: int = 1, k: tuple[int, int] = (3, 3), e: float = 0.5,
+                 attn: str = "ema"):
         super().__init__(c1, c2, shortcut, g, k, e)
         self.attn = create_attn(attn, c2)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Residual branch cv1 -> cv2 -> attention (times `gain`), then the stock shortcut add."""
         y = self.attn(self.cv2(self.cv1(x)))
         if self.gain != 1.0:  # a Python float: no op in the graph of a block trained from scratch
             y = y * self.gain
         return x + y if self.add else y
 
-    def preserving_start_(self):
+    def preserving_start_(self) -> float:
         """Start the attention as a constant gate g and set `gain` to 1 / g, so the block computes the stock
         bottleneck exactly; in place. The function-preserving start of a fine-tune from a stock checkpoint
         (`ema_yolo.integration.start`): the shortcut add cannot absorb the factor, so the block keeps it.
 
         Returns:
-            (float): The gain set (2 for EMA and SE, 4 for CBAM and CA, whose two gates start at 0.5 each).
+            (float): The gain set (2 for EMA, SE and ECA, 4 for CBAM and CA, whose two gates start at 0.5 each).
         """
         self.gain = 1.0 / self.attn.constant_gate_()
         return self.gain
 
-    def get_extra_state(self):
+    def get_extra_state(self) -> torch.Tensor:
         """`gain` travels in the state dict (as `<block>._extra_state`), so a fine-tuned block reloads exactly."""
         return torch.tensor(float(self.gain))
 
-    def set_extra_state(self, state):
+    def set_extra_state(self, state: torch.Tensor) -> None:
         """Restore `gain` from `get_extra_state`'s tensor."""
         self.gain = float(state)
 
 
-def add_attention(module, attn):
+def add_attention(module: nn.Module, attn: str) -> int:
     """Turn every stock `Bottleneck` inside `module` (at any depth, e.g. inside C3k2's C3k) into an `AttnBottleneck`.
 
     In place: each bottleneck keeps its convolutions (same objects, names and tensors) and gains `attn`, built for
@@ -80,7 +81,7 @@ def add_attention(module, attn):
 
     Args:
         module (nn.Module): A block, e.g. a built `C2f`.
-        attn (str): Attention layer name (ema, cbam, ca, se).
+        attn (str): Attention layer name (a key of `REGISTRY`).
 
     Returns:
         (int): The number of bottlenecks that got attention.
@@ -114,9 +115,10 @@ class _AttnCSP:
 
 def _block(stock, attention):
     """The class `<stock><ATTENTION>`, e.g. (C2f, 'ema') -> C2fEMA, defined in this module (so checkpoints pickle)."""
-    name = f"{stock.__name__}{attention.upper()}"
+    layer = REGISTRY[attention]
+    name = f"{stock.__name__}{layer.name}"
     doc = (
-        f"Ultralytics' `{stock.__name__}` with `{ATTENTION_LAYERS[attention].__name__}` in every bottleneck, after its "
+        f"Ultralytics' `{stock.__name__}` with `{layer.cls.__name__}` in every bottleneck, after its "
         f"second convolution and before its shortcut add (module docstring: why there).\n\n"
         f"    Args: as `{stock.__name__}`; the stock convolutions are built exactly as there.\n\n"
         f"    Example:\n        >>> {name}(64, 64, 2)(torch.randn(1, 64, 16, 16)).shape\n"
@@ -125,13 +127,12 @@ def _block(stock, attention):
     return type(name, (_AttnCSP, stock), {"__doc__": doc, "__module__": __name__, "stock": stock, "attention": attention})
 
 
-C2fEMA, C2fCBAM, C2fCA, C2fSE = (_block(C2f, a) for a in ("ema", "cbam", "ca", "se"))
-C3EMA, C3CBAM, C3CA, C3SE = (_block(C3, a) for a in ("ema", "cbam", "ca", "se"))
-C3k2EMA, C3k2CBAM, C3k2CA, C3k2SE = (_block(C3k2, a) for a in ("ema", "cbam", "ca", "se"))
-
 CSP_ATTN_BLOCKS = {
     cls.__name__: cls
-    for cls in (C2fEMA, C2fCBAM, C2fCA, C2fSE, C3EMA, C3CBAM, C3CA, C3SE, C3k2EMA, C3k2CBAM, C3k2CA, C3k2SE)
-}  # name in a model YAML -> class
+    for cls in (_block(stock, key) for stock in STOCK_BLOCKS for key, layer in REGISTRY.items() if layer.in_block)
+}  # name in a model YAML (C2fEMA, C3CBAM, C3k2ECA, ...) -> class
+globals().update(CSP_ATTN_BLOCKS)  # module attributes, so checkpoints pickle them by name
+
+__all__ = ("CSP_ATTN_BLOCKS", "STOCK_BLOCKS", "AttnBottleneck", "add_attention", *CSP_ATTN_BLOCKS)
 
 torch.serialization.add_safe_globals([AttnBottleneck, *CSP_ATTN_BLOCKS.values()])  # ULTRALYTICS_SAFE_LOAD=1 checkpoints

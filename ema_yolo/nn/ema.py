@@ -22,7 +22,7 @@ _fallbacks_reported = set()
 _EXPORT_PREFIX = "export_"  # buffer names of the export weights
 
 
-def ema_groups(channels, factor=32):
+def ema_groups(channels: int, factor: int = 32) -> int:
     """Return the number of channel groups EMA uses: the largest divisor of `channels` that is <= `factor`.
 
     Args:
@@ -98,7 +98,7 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
         torch.Size([2, 48, 20, 20])
     """
 
-    def __init__(self, channels, factor=32):
+    def __init__(self, channels: int, factor: int = 32):
         super().__init__()
         groups = ema_groups(channels, factor)
         if groups != factor and (channels, factor) not in _fallbacks_reported:
@@ -112,7 +112,7 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
         self.register_load_state_dict_post_hook(EMA._refresh_export_weights)
 
     @property
-    def export(self):
+    def export(self) -> bool:
         """True in Ultralytics exports (set on the exporter's copy, like `Detect.export`): the forward is
         `ema_export_forward`.
 
@@ -123,7 +123,7 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
         return bool(self._export_weights())
 
     @export.setter
-    def export(self, on):
+    def export(self, on: bool) -> None:
         for name in list(self._export_weights()):
             delattr(self, _EXPORT_PREFIX + name)
         if on:
@@ -144,11 +144,11 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
             for name, t in self._export_weights().items():
                 t.copy_(weights[name])
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         """Describe the grouping."""
         return f"channels={self.channels}, groups={self.groups}"
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply EMA to `x` of shape (B, C, H, W)."""
         if not torch.jit.is_tracing() and x.shape[1] != self.channels:
             raise ValueError(f"EMA was built for {self.channels} channels but got an input with {x.shape[1]}")
@@ -176,7 +176,7 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
         gn, conv1x1, conv3x3 = self.gn, self.conv1x1, self.conv3x3
         return gn.weight, gn.bias, conv1x1.weight, conv1x1.bias, conv3x3.weight, conv3x3.bias
 
-    def constant_gate_(self):
+    def constant_gate_(self) -> float:
         """Make the gate a constant 0.5 everywhere, so the layer computes `0.5 * x`; in place.
 
         The function-preserving start of a layer inserted into a pretrained network (`ema_yolo.integration.start`),
@@ -194,7 +194,7 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
         self._refresh_export_weights()
         return 0.5
 
-    def spatial_weights(self, x):
+    def spatial_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Return the per-pixel sigmoid weights EMA multiplies each channel group of `x` by (the paper's Fig. 1 output).
 
         Args:

@@ -61,7 +61,7 @@ class EMAReference(nn.Module):
         torch.Size([2, 64, 20, 20])
     """
 
-    def __init__(self, channels, factor=32):
+    def __init__(self, channels: int, factor: int = 32):
         super().__init__()
         if channels % factor or channels < factor:
             raise ValueError(f"EMAReference needs channels ({channels}) to be a multiple of factor ({factor})")
@@ -71,6 +71,6 @@ class EMAReference(nn.Module):
         self.conv1x1 = nn.Conv2d(cg, cg, kernel_size=1)
         self.conv3x3 = nn.Conv2d(cg, cg, kernel_size=3, padding=1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply EMA to `x` of shape (B, C, H, W)."""
         return published_ema(x, self.groups, self.gn, self.conv1x1, self.conv3x3)

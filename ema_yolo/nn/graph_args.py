@@ -1,5 +1,9 @@
 """Constructor arguments that a model builder completes from the graph, for layers that keep their input width."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
 __all__ = ("GraphArgs", "GraphArgsMeta")
 
 
@@ -8,7 +12,7 @@ class GraphArgs:
     builds `Layer(*complete(Layer, *raw))`.
 
     An attention layer's width is its input's, a fact of the graph rather than of the model file. Ultralytics' parser
-    hands an unknown layer its YAML arguments unchanged, so `ema_yolo.integration.graph_widths` puts a GraphArgs first in
+    hands an unknown layer its YAML arguments unchanged, so `ema_yolo.integration.parse_model` puts a GraphArgs first in
     every attention row, and the layer is built for the real width of the layer it reads from.
 
     Args:
@@ -20,7 +24,7 @@ class GraphArgs:
         64
     """
 
-    def __init__(self, complete):
+    def __init__(self, complete: Callable[..., tuple]):
         self.complete = complete
 
 

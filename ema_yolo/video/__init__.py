@@ -1,5 +1,5 @@
 """Video inference with OpenCV: `ema-yolo video` and `annotate_video()`."""
 
-from .annotate import VideoError, annotate_video
+from .annotate import VideoError, VideoOptions, annotate_video
 
-__all__ = ("VideoError", "annotate_video")
+__all__ = ("VideoError", "VideoOptions", "annotate_video")

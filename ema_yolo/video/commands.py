@@ -1,15 +1,19 @@
 """`ema-yolo video`: annotate a video (file, camera index or stream URL) with a detector."""
 
+from __future__ import annotations
+
 import argparse
 import json
 import sys
 
-from ..cli import HelpFormatter
+from ..cli_format import HelpFormatter
 from ..models import ModelError
-from .annotate import VideoError, annotate_video
+from .annotate import VideoError, VideoOptions, annotate_video
+
+__all__ = ("main",)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     """Command line."""
     parser = argparse.ArgumentParser(prog="ema-yolo video", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help=".pt checkpoint, model YAML, or exported model (.onnx, .torchscript)")
@@ -28,10 +32,12 @@ def main(argv=None):
     parser.add_argument("--show", action="store_true", help="also show the frames in a window")
     args = parser.parse_args(argv)
     try:
-        summary = annotate_video(
-            args.model, args.source, args.output, args.imgsz, args.conf, args.iou, args.device, args.classes,
-            args.vid_stride, args.track, args.tracker, args.save_detections, args.show, args.batch,
+        options = VideoOptions(
+            imgsz=args.imgsz, conf=args.conf, iou=args.iou, device=args.device, classes=args.classes,
+            vid_stride=args.vid_stride, track=args.track, tracker=args.tracker, save_detections=args.save_detections,
+            show=args.show, batch=args.batch,
         )
+        summary = annotate_video(args.model, args.source, args.output, options)
     except (VideoError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

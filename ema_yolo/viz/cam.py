@@ -3,6 +3,9 @@ arXiv 2008.00299): the first principal component of the feature maps the Detect 
 to the input and to [0, 1], averaged. Gradient-free, so it needs no choice of class or box as a target.
 """
 
+from __future__ import annotations
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,7 +26,7 @@ class _FirstOutput(nn.Module):
         return out
 
 
-def eigencam(model, image):
+def eigencam(model: nn.Module, image: torch.Tensor) -> np.ndarray:
     """EigenCAM of an Ultralytics detection model over the feature maps its Detect head reads.
 
     Args:

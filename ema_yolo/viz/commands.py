@@ -25,17 +25,16 @@ class VizError(Exception):
 def _read_images(source):
     """[(path, BGR image)] of an image file or of every image in a folder; VizError names any unreadable one."""
     import cv2
-    from ultralytics.data.utils import IMG_FORMATS
+
+    from ..data.images import image_files
 
     source = Path(source)
-    if source.is_dir():
-        paths = sorted(p for p in source.iterdir() if p.suffix[1:].lower() in IMG_FORMATS)
-        if not paths:
-            raise VizError(f"{source}: no images in this folder")
-    elif source.is_file():
-        paths = [source]
-    else:
-        raise VizError(f"{source}: no such image or folder")
+    try:
+        paths = image_files(source)
+    except FileNotFoundError:
+        raise VizError(f"{source}: no such image or folder") from None
+    if not paths:
+        raise VizError(f"{source}: no images in this folder")
     stems = [p.stem for p in paths]
     if len(set(stems)) != len(stems):
         shared = sorted({s for s in stems if stems.count(s) > 1})
@@ -171,6 +170,8 @@ def write_attention(out, stem, rgb, explained, dpi=100):
     """
     from matplotlib.figure import Figure
 
+    from .maps import ATTENTION_NAMES
+
     width = 4.2  # inches per panel
     height = width * rgb.shape[0] / rgb.shape[1] + 0.5
     panels = {name: _panels(name, rgb, result) for name, result in explained.items()}
@@ -195,7 +196,7 @@ def write_attention(out, stem, rgb, explained, dpi=100):
         for row, (_, draw) in enumerate(model_panels, 1):
             draw(fig, axes[row, col])
         if len(model_panels) == 1 and rows > 2:
-            _note(axes[2, col], rgb, model_name, "no attention layer (EMA, CBAM, CA, SE)")
+            _note(axes[2, col], rgb, model_name, f"no attention layer ({', '.join(ATTENTION_NAMES)})")
     for ax in axes.flat:
         ax.axis("off")
     written.append(out / f"{stem}-sheet.png")

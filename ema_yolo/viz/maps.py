@@ -1,44 +1,29 @@
 """The spatial weighting of each attention layer in a model, recorded with hooks during an ordinary forward pass.
 
-Every layer's map comes from the layer's own gates, not from a saliency method: EMA's per-pixel sigmoid weights per
-channel group (`EMA.spatial_weights`), CBAM's spatial gate (the sigmoid of its `spatial` conv), and Coordinate
-Attention's height and width gates multiplied into one (C, H, W) gate. SE gates channels only: it has no spatial map.
+Every layer's map comes from the layer's own gates, not from a saliency method, read as the registry says
+(`ema_yolo.nn.registry`, `ema_yolo.nn.spatial_maps`): EMA's per-pixel sigmoid weights per channel group, CBAM's
+spatial gate, Coordinate Attention's height and width gates multiplied into one (C, H, W) gate. SE and ECA gate
+channels only: they have no spatial map.
 """
+
+from __future__ import annotations
 
 import functools
 
-from ..nn import CA, CBAM, EMA, SE
+from torch import nn
 
-__all__ = ("NO_SPATIAL_MAP", "AttentionRecorder", "attention_layers")
+from ..nn.registry import REGISTRY
 
-NO_SPATIAL_MAP = {"SE": "SE gates channels only: no spatial map"}  # by class name, as layers are named
+__all__ = ("ATTENTION_NAMES", "NO_SPATIAL_MAP", "AttentionRecorder", "attention_layers")
 
-
-def _ema_hooks(module, store):
-    return [module.register_forward_pre_hook(lambda m, args: store(m.spatial_weights(args[0])))]
-
-
-def _cbam_hooks(module, store):
-    return [module.spatial.register_forward_hook(lambda m, args, out: store(out.detach().float().sigmoid()))]
+ATTENTION_NAMES = [layer.name for layer in REGISTRY.values()]  # as layers are named: EMA, CBAM, ...
+_READERS = {layer.cls: layer.spatial_map for layer in REGISTRY.values()}  # class -> map reader, or None
+NO_SPATIAL_MAP = {layer.name: f"{layer.name} gates channels only: no spatial map"
+                  for layer in REGISTRY.values() if layer.spatial_map is None}  # by class name, as layers are named
 
 
-def _ca_hooks(module, store):
-    gates = {}
-
-    def height(m, args, out):
-        gates["h"] = out.detach().float().sigmoid()  # (B, C, H, 1)
-
-    def width(m, args, out):  # conv_w runs after conv_h
-        store(gates.pop("h") * out.detach().float().sigmoid())  # (B, C, 1, W) -> (B, C, H, W)
-
-    return [module.conv_h.register_forward_hook(height), module.conv_w.register_forward_hook(width)]
-
-
-_HOOKS = {EMA: _ema_hooks, CBAM: _cbam_hooks, CA: _ca_hooks}
-
-
-def attention_layers(model):
-    """Return [(name, module)] of the attention layers (EMA, CBAM, CA, SE) in `model`, in forward order.
+def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Return [(name, module)] of the attention layers (those of the registry) in `model`, in forward order.
 
     Args:
         model (torch.nn.Module): Any model; Ultralytics layers are named by their YAML row index (`m.i`).
@@ -46,8 +31,7 @@ def attention_layers(model):
     Returns:
         (list[tuple[str, torch.nn.Module]]): E.g. [('7 EMA', EMA(...)), ('10 EMA', EMA(...))].
     """
-    kinds = (*_HOOKS, SE)
-    return [(f"{getattr(m, 'i', name)} {type(m).__name__}", m) for name, m in model.named_modules() if type(m) in kinds]
+    return [(f"{getattr(m, 'i', name)} {type(m).__name__}", m) for name, m in model.named_modules() if type(m) in _READERS]
 
 
 class AttentionRecorder:
@@ -55,7 +39,7 @@ class AttentionRecorder:
 
     After the block, `maps[name]` holds the last pass's weights of layer `name` as (B, K, h, w) float tensors (K
     weight planes: EMA's G groups, CBAM's single gate, CA's C channel gates) at the layer's own resolution, and
-    `input` the model's input tensor (B, 3, H, W) of that pass; layers without a spatial map (SE) are listed in `maps`
+    `input` the model's input tensor (B, 3, H, W) of that pass; layers without a spatial map (SE, ECA) are listed in `maps`
     with None.
 
     Args:
@@ -68,7 +52,7 @@ class AttentionRecorder:
         {'7 EMA': (1, 32, 4, 4), '10 EMA': (1, 32, 2, 2)}
     """
 
-    def __init__(self, model):
+    def __init__(self, model: nn.Module):
         self.model, self.layers, self.maps, self.input, self._handles = model, attention_layers(model), {}, None, []
 
     def __enter__(self):
@@ -78,8 +62,8 @@ class AttentionRecorder:
         self._handles.append(self.model.register_forward_pre_hook(record_input))
         for name, module in self.layers:
             self.maps[name] = None
-            if type(module) in _HOOKS:
-                self._handles += _HOOKS[type(module)](module, functools.partial(self._store, name))
+            if _READERS[type(module)] is not None:
+                self._handles += _READERS[type(module)](module, functools.partial(self._store, name))
         return self
 
     def _store(self, name, weights):

@@ -6,46 +6,25 @@ measured for parameters, GFLOPs and latency. One run folder gets `results.{md,cs
 `last.pt`, so re-running the same command continues instead of starting over.
 """
 
-import argparse
+from __future__ import annotations
+
 import csv
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from ..cli import HelpFormatter
+from ..eval.predictions import model_predictions
+from ..eval.protocols import evaluate, format_metric, load_ground_truth
 from ..integration.transfer import transfer_report
 from ..timing import time_calls
-from .commands import format_metric, model_predictions
-from .protocols import evaluate, load_ground_truth
+from .variants import variant_cfg
 
-__all__ = ("count_gflops", "measure_latency", "run_compare", "variant_cfg")
+__all__ = ("count_gflops", "measure_latency", "run_compare")
 
-FAMILIES = ("yolov5", "yolov5-p2", "yolov8", "yolov8-p2", "yolo11")
-IN_BLOCK = {"yolov5": "c3", "yolov8": "c2f", "yolo11": "c3k2"}  # family -> its CSP block, for attention inside it
-VARIANTS = ("baseline", "ema", "cbam", "ca", "se")
-VARIANTS += tuple(f"{block}-{v}" for block in IN_BLOCK.values() for v in VARIANTS[1:])  # c3-ema, ..., c3k2-se
-
-
-def variant_cfg(family, scale, variant):
-    """Model YAML name, e.g. ('yolov8', 's', 'ema') -> 'yolov8s-ema.yaml', ('yolov5-p2', 'x', 'baseline') -> 'yolov5x-p2.yaml'.
-
-    Variants `<block>-<attention>` (c2f-ema, c3k2-se, ...) put the attention inside every bottleneck of the family's
-    CSP block (`IN_BLOCK`): ('yolov8', 's', 'c2f-ema') -> 'yolov8s-c2f-ema.yaml'.
-    """
-    if family not in FAMILIES or variant not in VARIANTS or scale not in "nsmlx" or len(scale) != 1:
-        raise ValueError(f"unknown family/scale/variant {family!r}/{scale!r}/{variant!r}")
-    block = variant.partition("-")[0] if "-" in variant else None
-    if block and IN_BLOCK.get(family) != block:
-        needed = next(f for f, b in IN_BLOCK.items() if b == block)
-        raise ValueError(f"variant {variant!r} needs family {needed!r}, not {family!r}")
-    base, _, level = family.partition("-")
-    name = f"{base}{scale}" + (f"-{level}" if level else "")
-    return f"{name}.yaml" if variant == "baseline" else f"{name}-{variant}.yaml"
-
-
-def count_gflops(model, imgsz):
+def count_gflops(model: torch.nn.Module, imgsz: int) -> float:
     """GFLOPs of one forward pass at `imgsz`, counted at the ATen op level (so EMA's matmuls, einsums and convs are
     all seen, unlike module-hook counters), plus one FLOP per element reduced by mean/sum (the pooling)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -63,7 +42,7 @@ def count_gflops(model, imgsz):
     return counter.get_total_flops() / 1e9
 
 
-def measure_latency(model, imgsz, runs=20):
+def measure_latency(model: torch.nn.Module, imgsz: int, runs: int = 20) -> float:
     """Median milliseconds of a batch-1 forward pass at `imgsz` (after 3 warm-up passes)."""
     param = next(model.parameters())
     x = torch.zeros(1, 3, imgsz, imgsz, device=param.device, dtype=param.dtype)
@@ -142,8 +121,10 @@ def _plots(out, rows, folders):
     plt.close(fig)
 
 
-def run_compare(data, family, scale, variants, out, epochs=100, imgsz=640, batch=16, device="cpu", seed=0,
-                protocol="coco", workers=8, pretrained=None, train=True, on_model=None):
+def run_compare(data: str | Path | None, family: str, scale: str, variants: list[str], out: str | Path, epochs: int = 100,
+                imgsz: int = 640, batch: int = 16, device: str = "cpu", seed: int = 0, protocol: str = "coco",
+                workers: int = 8, pretrained: str | Path | None = None, train: bool = True,
+                on_model: Callable | None = None) -> list[dict]:
     """Train, evaluate and measure each variant; write the tables and plots into `out`; return the rows.
 
     Args:
@@ -212,36 +193,3 @@ def _write_tables(out, rows):
     lines += ["| " + " | ".join(f"{r[k]:,}" if isinstance(r[k], int) else str(r[k]) for k in keys) + " |" for r in shown]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def main(argv=None):
-    """Command line."""
-    parser = argparse.ArgumentParser(prog="ema-yolo compare", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--data", help="dataset YAML (not needed with --no-train)")
-    parser.add_argument("--family", choices=FAMILIES, default="yolov8", help="model family")
-    parser.add_argument("--scale", choices=list("nsmlx"), default="n", help="model scale")
-    parser.add_argument("--variants", default="baseline,ema", help=f"comma-separated, from {','.join(VARIANTS)}")
-    parser.add_argument("--out", required=True, help="run folder (re-run the same command to resume)")
-    parser.add_argument("--epochs", type=int, default=100, help="training epochs")
-    parser.add_argument("--imgsz", type=int, default=640, help="train, eval and latency size")
-    parser.add_argument("--batch", type=int, default=16, help="training batch")
-    parser.add_argument("--device", default="cpu", help="cpu, 0, 0,1, ...")
-    parser.add_argument("--seed", type=int, default=0, help="training seed, the same for every variant")
-    parser.add_argument("--workers", type=int, default=8, help="data loader workers")
-    parser.add_argument("--protocol", choices=["coco", "visdrone"], default="coco", help="evaluation protocol (see ema-yolo eval -h)")
-    parser.add_argument("--pretrained", metavar="PT", help="stock checkpoint every variant starts from (e.g. yolov8s.pt)")
-    parser.add_argument("--no-train", action="store_true", help="only params, GFLOPs and latency")
-    args = parser.parse_args(argv)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    for v in variants:
-        if v not in VARIANTS:
-            parser.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
-        try:
-            variant_cfg(args.family, args.scale, v)
-        except ValueError as e:
-            parser.error(str(e))
-    if not args.no_train and not args.data:
-        parser.error("--data is required unless --no-train")
-    run_compare(args.data, args.family, args.scale, variants, args.out, args.epochs, args.imgsz, args.batch,
-                args.device, args.seed, args.protocol, args.workers, args.pretrained, not args.no_train)
-    return 0
