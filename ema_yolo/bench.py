@@ -241,6 +241,13 @@ def _shape(text):
     return tuple(int(p) for p in parts)
 
 
+def _write_json(path, result):
+    """Write `result` to `path` when the user asked for a file (`--json`); the table on stdout is the default output."""
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2))
+        print(f"wrote {path}")
+
+
 def main(argv=None):
     """Command line: `ema-yolo bench module ...` or `ema-yolo bench video --model M --source V ...`."""
     from .eval.compare import FAMILIES
@@ -258,14 +265,13 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, help="timed calls per round (module 5, step 2)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--json", help="where to write the results (default bench_<what>.json)")
+    parser.add_argument("--json", help="also write the results to this JSON file (default: print only)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to add fp32 and fp16 CUDA timings")
     parser.add_argument("--shapes", nargs="+", type=_shape, metavar="BxCxHxW",
                         help="module, roofline: input shapes (default module: the YOLOv8n and YOLOv8s neck maps at "
                         "640 px, batch 8; roofline: the YOLOv8n ones)")
     parser.add_argument("--no-compile", action="store_true", help="roofline: skip the torch.compile rows")
     args = parser.parse_args(argv)
-    args.json = args.json or f"bench_{args.what}.json"
 
     torch.set_num_threads(args.threads)
     if args.what in ("video", "step"):
@@ -280,14 +286,12 @@ def main(argv=None):
             )
         )
         print(format_table([result]))
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+        _write_json(args.json, result)
         return
     if args.what == "roofline":
         rows = bench_roofline(args.shapes or MODULE_SHAPES["yolov8n"], not args.no_compile, args.repeats or 5, args.rounds)
         print(format_table(rows))
-        Path(args.json).write_text(json.dumps({"torch": torch.__version__, "threads": args.threads, "rows": rows}, indent=2))
-        print(f"wrote {args.json}")
+        _write_json(args.json, {"torch": torch.__version__, "threads": args.threads, "rows": rows})
         return
     shapes = args.shapes or [s for family in MODULE_SHAPES.values() for s in family]
     runs = [("cpu", torch.float32)]
@@ -298,9 +302,7 @@ def main(argv=None):
     for device, dtype in runs:
         rows += bench_module(shapes, device, dtype, args.repeats or 5, args.rounds)
     print(format_table(rows))
-    with open(args.json, "w") as f:
-        json.dump({"torch": torch.__version__, "threads": args.threads, "rows": rows}, f, indent=2)
-    print(f"wrote {args.json}")
+    _write_json(args.json, {"torch": torch.__version__, "threads": args.threads, "rows": rows})
 
 
 if __name__ == "__main__":
