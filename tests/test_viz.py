@@ -178,19 +178,18 @@ def test_models_are_labelled_apart(trained_checkpoint, stock_yolov8n_nc3, tmp_pa
 
 def test_sheet_layout_follows_the_model_count(tmp_path):
     source = _images(tmp_path / "images", 1)
-    single = lambda out: cv2.imread(str(out / "scene0" / "yolov8n-c2f-ema" / "eigencam.png")).shape[:2]  # noqa: E731
-    # one in-block model: detections, EigenCAM and its 10 bottleneck EMA layers in a 4 x 3 grid
-    assert cli(["attention", "--model", "yolov8n-c2f-ema.yaml", "--source", str(source), "--out",
-                str(tmp_path / "one"), "--imgsz", "64"]) == 0  # fmt: skip
-    files = sorted(p.stem for p in (tmp_path / "one" / "scene0" / "yolov8n-c2f-ema").iterdir())
-    assert len(files) == 11 and "layer02.m.0.attn-EMA" in files and "layer04.m.1.attn-EMA" in files
-    h, w = single(tmp_path / "one")
+    # one model: detections, EigenCAM and its two EMA layers in a 2 x 2 grid
+    assert cli(["attention", "--model", "yolov8n-ema.yaml", "--source", str(source), "--out", str(tmp_path / "one"),
+                "--imgsz", "64"]) == 0  # fmt: skip
+    h, w = cv2.imread(str(tmp_path / "one" / "scene0" / "yolov8n-ema" / "eigencam.png")).shape[:2]
     sheet = cv2.imread(str(tmp_path / "one" / "scene0-sheet.png"))
-    assert 3.5 * w < sheet.shape[1] < 4.5 * w and 2.5 * h < sheet.shape[0] < 3.5 * h
+    assert 1.5 * w < sheet.shape[1] < 2.5 * w and 1.5 * h < sheet.shape[0] < 2.5 * h
     # an in-block model next to an OBB model: one column each, one row per panel of the longer one
-    assert cli(["attention", "--model", "yolov8n-c2f-ema.yaml", "--model", "yolo11n-obb-ema.yaml", "--source",
+    assert cli(["attention", "--model", "yolov5n-c3-se.yaml", "--model", "yolo11n-obb-ema.yaml", "--source",
                 str(source), "--out", str(tmp_path / "two"), "--imgsz", "64"]) == 0  # fmt: skip
+    in_block = sorted(p.stem for p in (tmp_path / "two" / "scene0" / "yolov5n-c3-se").iterdir())
+    assert len(in_block) == 12 and "layer02.m.0.attn-SE" in in_block and "layer04.m.1.attn-SE" in in_block
     assert sorted(p.stem for p in (tmp_path / "two" / "scene0" / "yolo11n-obb-ema").iterdir()) == [
         "eigencam", "layer07-EMA", "layer10-EMA"]  # fmt: skip
     sheet = cv2.imread(str(tmp_path / "two" / "scene0-sheet.png"))
-    assert 1.5 * w < sheet.shape[1] < 2.5 * w and 11.5 * h < sheet.shape[0] < 12.5 * h
+    assert 1.5 * w < sheet.shape[1] < 2.5 * w and 12.5 * h < sheet.shape[0] < 13.5 * h  # 11 layers + 2 rows

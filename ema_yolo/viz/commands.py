@@ -143,7 +143,7 @@ def explain_image(model, image, imgsz=640, conf=0.25, device="cpu"):
     for c in boxes.cls.int().tolist():
         classes[result.names[c]] = (classes.get(result.names[c], (0,))[0] + 1, colors(c))
     return {
-        "detections": result.plot(labels=False, line_width=max(1, round(sum(image.shape[:2]) * 0.001)))[..., ::-1],
+        "detections": result.plot(labels=False, conf=False, line_width=max(1, round(sum(image.shape[:2]) * 0.001)))[..., ::-1],
         "count": len(boxes),
         "classes": dict(sorted(classes.items(), key=lambda kv: -kv[1][0])),
         "strides": {name: input_shape[0] // maps.shape[-2] for name, maps in recorder.maps.items() if maps is not None},
@@ -217,7 +217,7 @@ def write_attention(out, stem, rgb, explained, dpi=100):
     from matplotlib.figure import Figure
 
     width = 4.2  # inches per panel
-    height = width * rgb.shape[0] / rgb.shape[1] + 0.5
+    height = (width - 0.9) * rgb.shape[0] / rgb.shape[1] + 0.5  # the image beside its colour bar, and the title
     panels = {name: _panels(name, rgb, result) for name, result in explained.items()}
     written = []
     for model_name, model_panels in panels.items():
