@@ -50,7 +50,8 @@ def predict_held_out(model, path, size=160, seed=0, scenes=8, conf=0.25):
         big = cv2.resize(image, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
         result = model.predict(big, imgsz=size, conf=conf, device="cpu", verbose=False)[0]
         truth, found = truth + len(objects), found + len(result.boxes)
-        tiles.append(cv2.copyMakeBorder(result.plot(line_width=1, font_size=9), 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=(255,) * 3))
+        tile = result.plot(line_width=1, font_size=9)
+        tiles.append(cv2.copyMakeBorder(tile, 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=(255, 255, 255)))
     cv2.imwrite(str(path), np.vstack([np.hstack(tiles[i : i + scenes // 2]) for i in (0, scenes // 2)]))
     return truth, found
 
@@ -58,8 +59,8 @@ def predict_held_out(model, path, size=160, seed=0, scenes=8, conf=0.25):
 def run_demo(out="runs/ema-yolo-demo", model="yolov8n-ema.yaml", epochs=40, imgsz=160, seed=0, train_images=160, val_images=32):
     """Run the demo into folder `out` and return the report's figures as a dict."""
     out = Path(out).resolve()
-    print(f"ema-yolo demo: trains {model} for {epochs} epochs on {train_images} generated {imgsz} px scenes on the CPU, "
-          f"then validates, predicts and annotates a clip (about {DEMO_MINUTES} minutes on a 2-core CPU with the "
+    print(f"ema-yolo demo: trains {model} for {epochs} epochs on {train_images} generated {imgsz} px scenes on the "
+          f"CPU, then validates, predicts and annotates a clip (about {DEMO_MINUTES} minutes on a 2-core CPU with the "
           f"defaults); report: {out / 'report.md'}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     prepare_offline(out / "ultralytics-config")  # no network: online check off, local plotting font

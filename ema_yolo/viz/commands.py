@@ -1,9 +1,10 @@
 """`ema-yolo attention`: what each attention layer of one or more models weights on an image, with EigenCAM.
 
-For every image and model: one PNG per attention layer (`<stem>/<model>/layer<i>-<Type>.png`, its spatial weights
-upsampled and overlaid, the colour bar in the layer's own weight units), the model's EigenCAM
-(`<stem>/<model>/eigencam.png`), and a sheet `<stem>-sheet.png` with the models side by side: detections, EigenCAM,
-then every attention layer. The output folder appears only when everything is written.
+For every image and model: one PNG per attention layer (`<stem>/<model>/layer<i>-<Type>.png`, or
+`layer<i>.<path>-<Type>.png` for one inside row i's block; its spatial weights upsampled and overlaid, the colour bar
+in the layer's own weight units), the model's EigenCAM (`<stem>/<model>/eigencam.png`), and a sheet
+`<stem>-sheet.png`: detections, EigenCAM, then every attention layer, one model's panels in a grid, several models
+side by side. The output folder appears only when everything is written.
 """
 
 import argparse
@@ -143,7 +144,9 @@ def explain_image(model, image, imgsz=640, conf=0.25, device="cpu"):
     for c in boxes.cls.int().tolist():
         classes[result.names[c]] = (classes.get(result.names[c], (0,))[0] + 1, colors(c))
     return {
-        "detections": result.plot(labels=False, conf=False, line_width=max(1, round(sum(image.shape[:2]) * 0.001)))[..., ::-1],
+        "detections": result.plot(labels=False, conf=False, line_width=max(1, round(sum(image.shape[:2]) / 1000)))[
+            ..., ::-1
+        ],
         "count": len(boxes),
         "classes": dict(sorted(classes.items(), key=lambda kv: -kv[1][0])),
         "strides": {name: input_shape[0] // maps.shape[-2] for name, maps in recorder.maps.items() if maps is not None},
@@ -183,20 +186,21 @@ def _panels(model_name, rgb, result):
 
 
 def _layer_file(name):
-    """File stem of layer `name` (`attention_layers`): '7 EMA' -> 'layer07-EMA', '2.m.0.attn EMA' -> 'layer02.m.0.attn-EMA'."""
+    """File stem of layer `name` (`maps.attention_layers`): '7 EMA' -> 'layer07-EMA', an in-block layer
+    '2.m.0.attn EMA' -> 'layer02.m.0.attn-EMA'."""
     where, kind = name.split()
     row, dot, inside = where.partition(".")
     return f"layer{int(row):02d}{dot}{inside}-{kind}" if row.isdigit() else f"layer-{where}-{kind}"
 
 
 def _draw_detections(fig, ax, model_name, result):
-    """The detections panel: boxes in class colours, a legend of classes and counts under the image."""
+    """The detections panel: boxes in class colours, a legend of the 8 most frequent classes and counts below."""
     from matplotlib.patches import Patch
 
     ax.imshow(result["detections"])
     ax.set_title(f"{model_name}: {result['count']} detections", fontsize=8)
     if result["classes"]:
-        handles = [Patch(color=np.array(rgb) / 255, label=f"{name} {n}") for name, (n, rgb) in result["classes"].items()]
+        handles = [Patch(color=np.array(c) / 255, label=f"{name} {n}") for name, (n, c) in result["classes"].items()]
         ax.legend(handles=handles[:8], loc="upper center", bbox_to_anchor=(0.5, 0), ncol=min(4, len(handles)),
                   fontsize=7, frameon=False, handlelength=1)
 
