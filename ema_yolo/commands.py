@@ -33,6 +33,13 @@ def _shape(text):
     return tuple(int(p) for p in parts)
 
 
+def _write_json(path, result):
+    """Write `result` to `path` when the user asked for a file (`--json`); the table on stdout is the default output."""
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2))
+        print(f"wrote {path}")
+
+
 def bench(argv: list[str] | None = None) -> int:
     """`ema-yolo bench module ...` or `ema-yolo bench video --model M --source V ...`."""
     import torch
@@ -63,14 +70,13 @@ def bench(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, help="timed calls per round (module 5, step 2)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--json", help="where to write the results (default bench_<what>.json)")
+    parser.add_argument("--json", help="also write the results to this JSON file (default: print only)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to add fp32 and fp16 CUDA timings")
     parser.add_argument("--shapes", nargs="+", type=_shape, metavar="BxCxHxW",
                         help="module, roofline: input shapes (default module: the YOLOv8n and YOLOv8s neck maps at "
                         "640 px, batch 1, 2, 4 and 8; roofline: the YOLOv8n ones at batch 8)")
     parser.add_argument("--no-compile", action="store_true", help="roofline: skip the torch.compile rows")
     args = parser.parse_args(argv)
-    args.json = args.json or f"bench_{args.what}.json"
 
     torch.set_num_threads(args.threads)
     if args.what in ("video", "step"):
@@ -85,14 +91,12 @@ def bench(argv: list[str] | None = None) -> int:
             )
         )
         print(format_table([result]))
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+        _write_json(args.json, result)
         return
     if args.what == "roofline":
         rows = bench_roofline(args.shapes or MODULE_SHAPES["yolov8n"], not args.no_compile, args.repeats or 5, args.rounds)
         print(format_table(rows))
-        Path(args.json).write_text(json.dumps({"torch": torch.__version__, "threads": args.threads, "rows": rows}, indent=2))
-        print(f"wrote {args.json}")
+        _write_json(args.json, {"torch": torch.__version__, "threads": args.threads, "rows": rows})
         return
     shapes = args.shapes or [(b, *m) for b in MODULE_BATCHES for maps in NECK_MAPS.values() for m in maps]
     runs = [("cpu", torch.float32)]
@@ -103,9 +107,7 @@ def bench(argv: list[str] | None = None) -> int:
     for device, dtype in runs:
         rows += bench_module(shapes, device, dtype, args.repeats or 5, args.rounds)
     print(format_table(rows))
-    with open(args.json, "w") as f:
-        json.dump({"torch": torch.__version__, "threads": args.threads, "rows": rows}, f, indent=2)
-    print(f"wrote {args.json}")
+    _write_json(args.json, {"torch": torch.__version__, "threads": args.threads, "rows": rows})
 
 
 def _device(text):
@@ -145,9 +147,7 @@ def check_device(argv: list[str] | None = None) -> int:
             print(f"## {section}\n\n{format_table(rows if isinstance(rows, list) else [rows])}\n")
     failed = [f"{device} {section}" for device, report in reports.items() for section, rows in report.items()
               if isinstance(rows, list) and not all(r.get("pass", True) for r in rows)]
-    if args.json:
-        Path(args.json).write_text(json.dumps(reports, indent=2))
-        print(f"wrote {args.json}")
+    _write_json(args.json, reports)
     print(f"failed: {', '.join(failed)}" if failed else "all checks passed")
     return 1 if failed else 0
 

@@ -37,7 +37,9 @@ def _stock_checkpoint(path, cfg, nc=80, seed=0):
     """Save a stock (ema-yolo-free) model of `cfg` with random tensors as Ultralytics does (half precision).
 
     No pretrained weights can be downloaded here; random tensors make every tensor distinctive, so a misplaced one
-    cannot pass for the right one. BatchNorm variances stay positive so the model computes finite outputs.
+    cannot pass for the right one. BatchNorm variances stay positive so the model computes finite outputs. The
+    Detect head's DFL projection keeps its fixed 0..15 (not trained; as in every stock checkpoint): random, it decodes
+    boxes with negative sizes, which Ultralytics' plotting thread fails to draw.
     """
     import torch
     from ultralytics.nn import tasks
@@ -47,9 +49,10 @@ def _stock_checkpoint(path, cfg, nc=80, seed=0):
     model_class = {"segment": tasks.SegmentationModel, "pose": tasks.PoseModel, "obb": tasks.OBBModel,
                    "classify": tasks.ClassificationModel}.get(task, tasks.DetectionModel)  # fmt: skip
     model = model_class(cfg, nc=nc, verbose=False)
+    fixed = {name for name, p in model.named_parameters() if not p.requires_grad}  # the DFL projection
     with torch.no_grad():
         for name, t in model.state_dict().items():
-            if t.is_floating_point():
+            if t.is_floating_point() and name not in fixed:
                 t.uniform_(0.5, 1.5) if name.endswith("running_var") else t.uniform_(-1, 1)
     model.names = {i: f"class{i}" for i in range(nc)}
     torch.save({"model": model.half(), "train_args": {}}, path)

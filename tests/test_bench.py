@@ -19,6 +19,14 @@ def test_bench_module_writes_rows_for_the_requested_shapes(tmp_path, capsys):
     assert "| [2, 64, 8, 8] |" in capsys.readouterr().out
 
 
+def test_bench_writes_no_file_unless_asked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["module", "--shapes", "1x32x4x4", "--repeats", "1", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "| [1, 32, 4, 4] |" in out and "wrote" not in out
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bench_roofline_reports_passes_for_every_implementation(tmp_path, capsys):
     out = tmp_path / "roofline.json"
     main(["roofline", "--shapes", "2x64x8x8", "--no-compile", "--repeats", "1", "--rounds", "1", "--json", str(out)])

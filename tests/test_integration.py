@@ -319,5 +319,5 @@ def test_demo_path_opens_no_network_connection(tmp_path, monkeypatch):
     assert attempts == []
     assert figures["ema_modules"] == 2
     assert figures["video_frames"] == 48
-    for name in ("report.md", "figures.json", "predict_bus.jpg", "train/results.png", "clip_annotated.mp4"):
+    for name in ("report.md", "figures.json", "predict_heldout.jpg", "train/results.png", "clip_annotated.mp4"):
         assert (tmp_path / "demo" / name).is_file(), name

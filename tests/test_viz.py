@@ -105,7 +105,7 @@ def test_attention_command_draws_eca_as_channel_only(tmp_path):
     assert sorted(p.stem for p in (out / "scene0" / "yolov8n-eca").iterdir()) == ["eigencam", "layer07-ECA", "layer10-ECA"]
 
 
-@pytest.mark.parametrize("case", ["corrupt", "missing", "model"])
+@pytest.mark.parametrize("case", ["corrupt", "missing", "model", "classify"])
 def test_attention_bad_input_names_the_file(case, tmp_path, capsys):
     source = _images(tmp_path / "images")
     model = "yolov8n-ema.yaml"
@@ -114,9 +114,90 @@ def test_attention_bad_input_names_the_file(case, tmp_path, capsys):
         culprit = source / "broken.png"
     elif case == "missing":
         culprit = source = tmp_path / "nope.jpg"
-    else:
+    elif case == "model":
         culprit = model = tmp_path / "gone.pt"
+    else:  # every task but classification has a detection-style head to explain
+        culprit = model = "yolov8n-cls-ema.yaml"
     assert cli(["attention", "--model", str(model), "--source", str(source), "--out", str(tmp_path / "out"), "--imgsz", "64"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {culprit}: ") and "\n" not in err
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+IN_BLOCK = ["yolov8n-c2f-ema.yaml", "yolo11n-c3k2-ema.yaml", "yolo11n-c3k2-ca.yaml", "yolov5n-c3-se.yaml",
+            "yolov5n-c3-cbam.yaml"]  # fmt: skip
+
+
+@pytest.mark.parametrize("yaml", IN_BLOCK)
+def test_in_block_layers_are_named_by_row_and_path(yaml, tmp_path):
+    from ultralytics import YOLO
+
+    from ema_yolo.nn.csp_attn import AttnBottleneck
+    from ema_yolo.viz.commands import explain_image
+
+    image = cv2.imread(str(_images(tmp_path / "images", 1) / "scene0.jpg"))  # 96 x 64
+    model = YOLO(yaml)
+    # oracle: every bottleneck's attention layer, by the row of the block that holds it, and that row's output size
+    expected, sizes = {}, {}
+    for path, m in model.model.named_modules():
+        if isinstance(m, AttnBottleneck):
+            row, rest = path.split(".", 2)[1:]
+            expected[f"{row}.{rest}.attn {type(m.attn).__name__}"] = int(row)
+    for row in set(expected.values()):
+        model.model.model[row].register_forward_hook(lambda m, a, out, row=row: sizes.__setitem__(row, out.shape[-2]))
+    out = explain_image(model, image, imgsz=64)
+    assert len(expected) >= 10 and set(out["layers"]) == set(expected)
+    spatial = {name: 64 // sizes[row] for name, row in expected.items() if not name.endswith(" SE")}
+    assert out["strides"] == spatial
+    assert all(out["layers"][n] is None for n in expected if n.endswith(" SE"))
+    assert all(out["layers"][n].shape == (64, 96) for n in spatial)
+
+
+@pytest.mark.parametrize("task", ["detect", "segment", "pose", "obb"])
+def test_every_detection_style_task_is_explained(task, tmp_path):
+    from ultralytics import YOLO
+
+    from ema_yolo.viz.commands import explain_image
+
+    yaml = {"detect": "yolov8n-ema.yaml", "segment": "yolov8n-seg-ema.yaml", "pose": "yolov8n-pose-ema.yaml",
+            "obb": "yolo11n-obb-ema.yaml"}[task]  # fmt: skip
+    image = cv2.imread(str(_images(tmp_path / "images", 1) / "scene0.jpg"))  # 96 x 64
+    model = YOLO(yaml)
+    out = explain_image(model, image, imgsz=64, conf=0.0)  # random weights: every candidate is drawn
+    oracle = model.predict(image, imgsz=64, conf=0.0, verbose=False)[0]
+    boxes = oracle.obb if task == "obb" else oracle.boxes  # OBB results have no `boxes`
+    assert out["count"] == len(boxes) > 0 and sum(n for n, _ in out["classes"].values()) == out["count"]
+    assert out["detections"].shape == image.shape and out["strides"] == {"7 EMA": 16, "10 EMA": 32}
+
+
+def test_models_are_labelled_apart(trained_checkpoint, stock_yolov8n_nc3, tmp_path):
+    import shutil
+
+    from ema_yolo.viz.commands import _load_models
+
+    runs = []
+    for project, checkpoint in (("a", trained_checkpoint), ("b", stock_yolov8n_nc3), ("c", trained_checkpoint)):
+        (tmp_path / project / "train" / "weights").mkdir(parents=True)
+        runs.append(shutil.copy(checkpoint, tmp_path / project / "train" / "weights" / "best.pt"))
+    # Ultralytics' default run name says nothing: the YAML stem; a unique run name stays; collisions get -<position>
+    assert [label for label, _ in _load_models([runs[0], trained_checkpoint])] == ["yolov8n-ema", "run"]
+    assert [label for label, _ in _load_models(runs)] == ["yolov8n-ema", "yolov8n", "yolov8n-ema-3"]
+
+
+def test_sheet_layout_follows_the_model_count(tmp_path):
+    source = _images(tmp_path / "images", 1)
+    # one model: detections, EigenCAM and its two EMA layers in a 2 x 2 grid
+    assert cli(["attention", "--model", "yolov8n-ema.yaml", "--source", str(source), "--out", str(tmp_path / "one"),
+                "--imgsz", "64"]) == 0  # fmt: skip
+    h, w = cv2.imread(str(tmp_path / "one" / "scene0" / "yolov8n-ema" / "eigencam.png")).shape[:2]
+    sheet = cv2.imread(str(tmp_path / "one" / "scene0-sheet.png"))
+    assert 1.5 * w < sheet.shape[1] < 2.5 * w and 1.5 * h < sheet.shape[0] < 2.5 * h
+    # an in-block model next to an OBB model: one column each, one row per panel of the longer one
+    assert cli(["attention", "--model", "yolov5n-c3-se.yaml", "--model", "yolo11n-obb-ema.yaml", "--source",
+                str(source), "--out", str(tmp_path / "two"), "--imgsz", "64"]) == 0  # fmt: skip
+    in_block = sorted(p.stem for p in (tmp_path / "two" / "scene0" / "yolov5n-c3-se").iterdir())
+    assert len(in_block) == 12 and "layer02.m.0.attn-SE" in in_block and "layer04.m.1.attn-SE" in in_block
+    assert sorted(p.stem for p in (tmp_path / "two" / "scene0" / "yolo11n-obb-ema").iterdir()) == [
+        "eigencam", "layer07-EMA", "layer10-EMA"]  # fmt: skip
+    sheet = cv2.imread(str(tmp_path / "two" / "scene0-sheet.png"))
+    assert 1.5 * w < sheet.shape[1] < 2.5 * w and 12.5 * h < sheet.shape[0] < 13.5 * h  # 11 layers + 2 rows

@@ -1,12 +1,14 @@
 """`ema-yolo attention`: what each attention layer of one or more models weights on an image, with EigenCAM.
 
-For every image and model: one PNG per attention layer (`<stem>/<model>/layer<i>-<Type>.png`, its spatial weights
-upsampled and overlaid, the colour bar in the layer's own weight units), the model's EigenCAM
-(`<stem>/<model>/eigencam.png`), and a sheet `<stem>-sheet.png` with the models side by side: detections, EigenCAM,
-then every attention layer. The output folder appears only when everything is written.
+For every image and model: one PNG per attention layer (`<stem>/<model>/layer<i>-<Type>.png`, or
+`layer<i>.<path>-<Type>.png` for one inside row i's block; its spatial weights upsampled and overlaid, the colour bar
+in the layer's own weight units), the model's EigenCAM (`<stem>/<model>/eigencam.png`), and a sheet
+`<stem>-sheet.png`: detections, EigenCAM, then every attention layer, one model's panels in a grid, several models
+side by side. The output folder appears only when everything is written.
 """
 
 import argparse
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -48,22 +50,40 @@ def _read_images(source):
     return images
 
 
+def _run_name(spec):
+    """The run folder's name of a run's `weights/best.pt` or `weights/last.pt`, else None."""
+    path = Path(spec)
+    return path.parent.parent.name if path.stem in {"best", "last"} and path.parent.name == "weights" else None
+
+
 def _load_models(specs):
-    """[(name, YOLO)] for checkpoints or YAMLs; a run's best.pt/last.pt is named after its run folder."""
-    models, names = [], []
+    """[(label, YOLO)] for checkpoints or YAMLs, labelled so that the labels tell the models apart.
+
+    A run's best.pt/last.pt is labelled by its run folder, other files by their stem. Where that label says nothing
+    (Ultralytics' default run names `train`, `train2`, ...) or several models share it, the model's YAML stem
+    (e.g. `yolov8n-ema`) labels it instead; labels that still collide get `-2`, `-3`, ... in command-line order.
+    """
+    import re
+
+    models, labels = [], []
     for spec in specs:
-        path = Path(spec)
         try:
             model = open_model(spec)
         except ModelError as e:
             raise VizError(str(e)) from None
         if model.task == "classify":
             raise VizError(f"{spec}: a classification model; attention pictures need a detection-style head")
-        name = path.parent.parent.name if path.stem in {"best", "last"} and path.parent.name == "weights" else path.stem
-        name = name if name not in names else f"{name}-{len(names) + 1}"
-        names.append(name)
-        models.append((name, model))
-    return models
+        models.append(model)
+        labels.append(_run_name(spec) or Path(spec).stem)
+    unclear = [re.fullmatch(r"train\d*", label) or labels.count(label) > 1 for label in labels]
+    for i, model in enumerate(models):
+        yaml_file = getattr(model.model, "yaml", {}).get("yaml_file")
+        if unclear[i] and yaml_file:
+            labels[i] = Path(yaml_file).stem
+    unique = []
+    for label in labels:
+        unique.append(label if label not in unique else f"{label}-{len(unique) + 1}")
+    return list(zip(unique, models))
 
 
 def _to_image(maps, input_shape, image_shape):
@@ -86,7 +106,9 @@ def explain_image(model, image, imgsz=640, conf=0.25, device="cpu"):
         device (str): Torch device.
 
     Returns:
-        (dict): 'detections' (annotated RGB image), 'count' (number of boxes), 'eigencam' ((H, W) in [0, 1]),
+        (dict): 'detections' (RGB image with the boxes, masks or keypoints drawn, boxes without text labels so
+            that small objects stay visible), 'count' (number of detections: boxes, or rotated boxes of an OBB
+            model), 'classes' {class name: (count, box colour RGB 0-255)}, 'eigencam' ((H, W) in [0, 1]),
             'layers' {name: (H, W) map of the layer's weights averaged over its planes, or None without a spatial map},
             all at the original resolution, and 'strides' {name: the layer's stride} for the layers with a map.
 
@@ -96,6 +118,7 @@ def explain_image(model, image, imgsz=640, conf=0.25, device="cpu"):
         ['10 EMA', '7 EMA']
     """
     import torch
+    from ultralytics.utils.plotting import colors
 
     from .cam import eigencam
     from .maps import AttentionRecorder
@@ -115,9 +138,16 @@ def explain_image(model, image, imgsz=640, conf=0.25, device="cpu"):
         name: None if maps is None else _to_image(maps[0].mean(0, keepdim=True), input_shape, image.shape)[0]
         for name, maps in recorder.maps.items()
     }
+    boxes = result.obb if result.boxes is None else result.boxes  # OBB models fill `obb`, the others `boxes`
+    classes = {}
+    for c in boxes.cls.int().tolist():
+        classes[result.names[c]] = (classes.get(result.names[c], (0,))[0] + 1, colors(c))
     return {
-        "detections": result.plot()[..., ::-1],
-        "count": len(result.boxes),
+        "detections": result.plot(labels=False, conf=False, line_width=max(1, round(sum(image.shape[:2]) / 1000)))[
+            ..., ::-1
+        ],
+        "count": len(boxes),
+        "classes": dict(sorted(classes.items(), key=lambda kv: -kv[1][0])),
         "strides": {name: input_shape[0] // maps.shape[-2] for name, maps in recorder.maps.items() if maps is not None},
         "eigencam": _to_image(torch.from_numpy(cam), input_shape, image.shape)[0],
         "layers": layers,
@@ -151,8 +181,27 @@ def _panels(model_name, rgb, result):
         title += f", stride {result['strides'][name]}"
         return lambda fig, ax: _overlay(fig, ax, rgb, heat, title, "weight (sigmoid)")
 
-    files = [f"layer{int(name.split()[0]):02d}-{name.split()[1]}" for name in result["layers"]]
-    return [("eigencam", cam)] + [(f, layer(n, h)) for f, (n, h) in zip(files, result["layers"].items())]
+    return [("eigencam", cam)] + [(_layer_file(name), layer(name, heat)) for name, heat in result["layers"].items()]
+
+
+def _layer_file(name):
+    """File stem of layer `name` (`maps.attention_layers`): '7 EMA' -> 'layer07-EMA', an in-block layer
+    '2.m.0.attn EMA' -> 'layer02.m.0.attn-EMA'."""
+    where, kind = name.split()
+    row, dot, inside = where.partition(".")
+    return f"layer{int(row):02d}{dot}{inside}-{kind}" if row.isdigit() else f"layer-{where}-{kind}"
+
+
+def _draw_detections(fig, ax, model_name, result):
+    """The detections panel: boxes in class colours, a legend of the 8 most frequent classes and counts below."""
+    from matplotlib.patches import Patch
+
+    ax.imshow(result["detections"])
+    ax.set_title(f"{model_name}: {result['count']} detections", fontsize=8)
+    if result["classes"]:
+        handles = [Patch(color=np.array(c) / 255, label=f"{name} {n}") for name, (n, c) in result["classes"].items()]
+        ax.legend(handles=handles[:8], loc="upper center", bbox_to_anchor=(0.5, 0), ncol=min(4, len(handles)),
+                  fontsize=7, frameon=False, handlelength=1)
 
 
 def write_attention(out, stem, rgb, explained, dpi=100):
@@ -173,7 +222,7 @@ def write_attention(out, stem, rgb, explained, dpi=100):
     from .maps import ATTENTION_NAMES
 
     width = 4.2  # inches per panel
-    height = width * rgb.shape[0] / rgb.shape[1] + 0.5
+    height = (width - 0.9) * rgb.shape[0] / rgb.shape[1] + 0.5  # the image beside its colour bar, and the title
     panels = {name: _panels(name, rgb, result) for name, result in explained.items()}
     written = []
     for model_name, model_panels in panels.items():
@@ -186,17 +235,22 @@ def write_attention(out, stem, rgb, explained, dpi=100):
             written.append(out / stem / model_name / f"{file_stem}.png")
             fig.savefig(written[-1], dpi=dpi)
 
-    rows = 1 + max(len(p) for p in panels.values())  # detections, EigenCAM, attention layers
-    fig = Figure(figsize=(width * len(panels), height * rows), layout="constrained")
-    axes = np.asarray(fig.subplots(rows, len(panels), squeeze=False))
-    for col, (model_name, model_panels) in enumerate(panels.items()):
-        result = explained[model_name]
-        axes[0, col].imshow(result["detections"])
-        axes[0, col].set_title(f"{model_name}: {result['count']} detections", fontsize=8)
-        for row, (_, draw) in enumerate(model_panels, 1):
-            draw(fig, axes[row, col])
-        if len(model_panels) == 1 and rows > 2:
-            _note(axes[2, col], rgb, model_name, f"no attention layer ({', '.join(ATTENTION_NAMES)})")
+    # One model: its panels in a near-square grid. Several: side by side, one column per model, one row per panel.
+    columns = [[functools.partial(_draw_detections, model_name=name, result=explained[name])]
+               + [draw for _, draw in model_panels] for name, model_panels in panels.items()]  # fmt: skip
+    if len(columns) == 1:
+        cols = int(np.ceil(np.sqrt(len(columns[0]))))
+        rows = int(np.ceil(len(columns[0]) / cols))
+        cells = [(i // cols, i % cols, draw) for i, draw in enumerate(columns[0])]
+    else:
+        cols, rows = len(columns), max(len(draws) for draws in columns)
+        cells = [(row, col, draw) for col, draws in enumerate(columns) for row, draw in enumerate(draws)]
+        cells += [(2, col, lambda fig, ax, n=name: _note(ax, rgb, n, f"no attention layer ({', '.join(ATTENTION_NAMES)})"))
+                  for col, name in enumerate(panels) if len(columns[col]) == 2 and rows > 2]  # fmt: skip
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
+    for row, col, draw in cells:
+        draw(fig, axes[row, col])
     for ax in axes.flat:
         ax.axis("off")
     written.append(out / f"{stem}-sheet.png")
@@ -227,12 +281,21 @@ def main(argv=None):
             raise VizError(f"{args.out}: already exists (pass --overwrite to replace it)")
         images = _read_images(args.source)
         models = _load_models(args.model)
-        with atomic_dir(args.out, args.overwrite) as tmp:
+        print(f"attention: {len(images)} image(s) x {len(models)} model(s) at imgsz {args.imgsz}; each model's "
+              "first image also sets it up (tens of seconds on a CPU)", file=sys.stderr)
+        with atomic_dir(args.out, args.overwrite) as tmp, TQDM(
+            total=len(images) * (len(models) + 1), desc="attention", file=sys.stderr
+        ) as progress:  # one step per model and image, one per sheet
             count = 0
-            for path, image in TQDM(images, desc="attention"):
-                explained = {name: explain_image(model, image, args.imgsz, args.conf, args.device)
-                             for name, model in models}
+            for path, image in images:
+                explained = {}
+                for name, model in models:
+                    progress.set_description(f"attention {path.name}: {name}")
+                    explained[name] = explain_image(model, image, args.imgsz, args.conf, args.device)
+                    progress.update()
+                progress.set_description(f"attention {path.name}: writing PNGs")
                 count += len(write_attention(tmp, path.stem, np.ascontiguousarray(image[..., ::-1]), explained))
+                progress.update()
     except (VizError, ConversionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -25,13 +25,26 @@ NO_SPATIAL_MAP = {layer.name: f"{layer.name} gates channels only: no spatial map
 def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Return [(name, module)] of the attention layers (those of the registry) in `model`, in forward order.
 
+    A layer that is a row of an Ultralytics model YAML is named by the row index (`m.i`); one inside a row's block
+    (`ema_yolo.nn.csp_attn`, e.g. `model.2.m.0.attn`) by that row's index and its path inside the block
+    (`2.m.0.attn`); any other by its module path.
+
     Args:
-        model (torch.nn.Module): Any model; Ultralytics layers are named by their YAML row index (`m.i`).
+        model (torch.nn.Module): Any model.
 
     Returns:
-        (list[tuple[str, torch.nn.Module]]): E.g. [('7 EMA', EMA(...)), ('10 EMA', EMA(...))].
+        (list[tuple[str, torch.nn.Module]]): E.g. [('7 EMA', EMA(...)), ('10 EMA', EMA(...))] or
+            [('2.m.0.attn EMA', EMA(...)), ...], '<index or path> <class name>'.
     """
-    return [(f"{getattr(m, 'i', name)} {type(m).__name__}", m) for name, m in model.named_modules() if type(m) in _READERS]
+    rows, layers = {}, []
+    for path, m in model.named_modules():
+        if hasattr(m, "i"):
+            rows[path] = m.i
+        if type(m) in _READERS:
+            row = max((p for p in rows if path == p or path.startswith(p + ".")), key=len, default=None)
+            name = path if row is None else f"{rows[row]}{path[len(row):]}"  # named_modules lists parents first
+            layers.append((f"{name} {type(m).__name__}", m))
+    return layers
 
 
 class AttentionRecorder:
