@@ -54,7 +54,7 @@ def start_choice() -> str:
 
 
 class StartReport:
-    """What `preserving_start` did.
+    """What `start_new_layers` did.
 
     Attributes:
         rows (list[tuple[int, float]]): Attention rows started as a constant gate: (layer index, gate g).
