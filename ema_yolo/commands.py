@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_format import HelpFormatter
+
 __all__ = ("bench", "check_device", "demo", "yolo")
 
 
@@ -15,12 +17,13 @@ def demo(argv: list[str] | None = None) -> int:
     """`ema-yolo demo`."""
     from . import demo as demo_module
 
-    parser = argparse.ArgumentParser(prog="ema-yolo demo", description=demo_module.__doc__)
+    parser = argparse.ArgumentParser(prog="ema-yolo demo", description=demo_module.__doc__,
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--out", default="runs/ema-yolo-demo", help="run folder")
     parser.add_argument("--model", default="yolov8n-ema.yaml", help="model YAML")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--imgsz", type=int, default=160)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=40, help="training epochs")
+    parser.add_argument("--imgsz", type=int, default=160, help="image size (px) of the generated set and the model")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated set and of training")
     args = parser.parse_args(argv)
     demo_module.run_demo(args.out, args.model, args.epochs, args.imgsz, args.seed)
 
@@ -57,7 +60,7 @@ def bench(argv: list[str] | None = None) -> int:
         format_table,
     )
 
-    parser = argparse.ArgumentParser(prog="ema-yolo bench", description=benchmarks.__doc__)
+    parser = argparse.ArgumentParser(prog="ema-yolo bench", description=benchmarks.__doc__, formatter_class=HelpFormatter)
     parser.add_argument("what", choices=["module", "roofline", "step", "video"], help="what to benchmark")
     parser.add_argument("--model", help="video: model to run")
     parser.add_argument("--source", help="video: video file")
@@ -129,7 +132,8 @@ def check_device(argv: list[str] | None = None) -> int:
     from . import check_device as checks
     from .bench import format_table
 
-    parser = argparse.ArgumentParser(prog="ema-yolo check-device", description=checks.__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ema-yolo check-device", description=checks.__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--device", nargs="+", type=_device, default=None,
                         help="devices to check: a CUDA index (0), cuda:N, mps, xpu or cpu (default: CUDA 0 if "
                         "available, else cpu)")

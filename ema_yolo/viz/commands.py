@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli_format import HelpFormatter
 from ..models import ModelError, open_model
 
 __all__ = ("VizError", "explain_image", "main", "write_attention")
@@ -262,14 +263,14 @@ def main(argv=None):
     """Command line."""
     from ..data.output import ConversionError, atomic_dir
 
-    parser = argparse.ArgumentParser(prog="ema-yolo attention", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ema-yolo attention", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", action="append", required=True,
                         help="checkpoint or model YAML; repeat to compare models side by side (e.g. baseline and EMA)")
     parser.add_argument("--source", required=True, help="an image, or a folder of images")
     parser.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
-    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--imgsz", type=int, default=640, help="inference size (px)")
     parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold of the drawn detections")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, or a CUDA index such as 0")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT once the new one is complete")
     args = parser.parse_args(argv)
     from ultralytics.utils import TQDM
