@@ -2,6 +2,7 @@
 
 import io
 import logging
+import warnings
 
 import pytest
 import torch
@@ -91,13 +92,12 @@ def test_device_rule_times_both_paths_where_nothing_was_measured(monkeypatch, ca
         return costs[calls[-1]]
 
     monkeypatch.setattr(ema_path, "MEASURED", {})
-    monkeypatch.setattr(ema_path, "_chosen", {})
     monkeypatch.setattr(ema_path, "_cost", fixed_cost)
     x = torch.randn(2, 64, 6, 5, dtype=torch.float64, requires_grad=True)
     (g_ref,) = torch.autograd.grad(ref(x).sum(), x)
     for slow, expected in (("published", "operator"), ("operator", "published")):
         costs.update({slow: 2.0, expected: 1.0})
-        ema_path._chosen.clear()
+        ema_path._chosen.pop(fast, None)  # time this layer again
         with caplog.at_level(logging.INFO, logger="ema_yolo"):
             fast(x)
         assert "with backward: operator 1000.00 ms" in caplog.text or "published structure 1000.00 ms" in caplog.text
@@ -111,17 +111,17 @@ def test_device_rule_times_both_paths_where_nothing_was_measured(monkeypatch, ca
     with torch.no_grad():
         fast(x)  # a new key: inference is timed on its own
     fast.float()(x.float().contiguous(memory_format=torch.channels_last))  # and another: dtype and layout
-    assert len(ema_path._chosen) == 3 and all(p.grad is None for p in fast.parameters())
-    ema_path._chosen.clear()
+    assert len(ema_path._chosen[fast]) == 3 and all(p.grad is None for p in fast.parameters())
+    ema_path._chosen.pop(fast, None)  # time this layer again
     y = checkpoint(fast, x.float(), use_reentrant=False)  # timed inside activation checkpointing: no effect on it
     assert torch.allclose(torch.autograd.grad(y.sum(), x)[0].double(), g_ref, atol=1e-4)
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        ema_path._chosen.clear()
+        ema_path._chosen.pop(fast, None)  # time this layer again
         calls.clear()
         fast(x.float())
-        assert calls == ["operator"] and not ema_path._chosen
+        assert calls == ["operator"] and not ema_path._chosen.get(fast)
     finally:
         torch.use_deterministic_algorithms(deterministic)
 
@@ -185,12 +185,12 @@ def test_parameters_and_state_dict_layout():
 
 
 @pytest.mark.parametrize("channels,factor,groups", [(256, 32, 32), (48, 32, 24), (16, 32, 16), (20, 8, 5), (7, 32, 7)])
-def test_group_fallback(channels, factor, groups, caplog, monkeypatch):
-    monkeypatch.setattr("ema_yolo.nn.ema._fallbacks_reported", set())  # other tests may have built these widths
+def test_group_fallback(channels, factor, groups):
     assert ema_groups(channels, factor) == groups
-    with caplog.at_level(logging.WARNING, logger="ema_yolo"):
-        m = EMA(channels, factor)
-        EMA(channels, factor)
+    with warnings.catch_warnings(record=True) as caught:  # a fresh warning registry: no other test's warnings count
+        warnings.simplefilter("default")
+        for _ in range(2):
+            m = EMA(channels, factor)
     assert m.groups == groups and m.group_channels * groups == channels
     # the fallback is exactly the published module run with that many groups
     ref, fast = _pair(channels, groups)
@@ -198,7 +198,7 @@ def test_group_fallback(channels, factor, groups, caplog, monkeypatch):
     fast_fallback.load_state_dict(ref.state_dict())
     x = torch.randn(2, channels, 5, 6, dtype=torch.float64)
     assert torch.allclose(fast_fallback(x), ref(x), atol=1e-9)
-    reports = [r for r in caplog.records if f"{channels} channels" in r.getMessage()]
+    reports = [w for w in caught if f"{channels} channels" in str(w.message)]
     assert len(reports) == (0 if groups == factor else 1)  # said once, only when falling back
 
 

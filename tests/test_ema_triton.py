@@ -97,7 +97,6 @@ def fake_cuda(monkeypatch):
         return costs[calls[-1]]
 
     monkeypatch.setattr(ema_path, "MEASURED", {})
-    monkeypatch.setattr(ema_path, "_chosen", {})
     monkeypatch.setattr(ema_path, "_triton_available", lambda device: True)
     monkeypatch.setattr(ema_path, "path_function", path_function)
     monkeypatch.setattr("ema_yolo.nn.ema.path_function", path_function)
@@ -119,7 +118,7 @@ def test_path_rule_runs_the_fastest_of_four_and_leaves_out_failures(fake_cuda, c
     fast(x)
     assert calls == ["triton"]  # chosen once per key
 
-    ema_path._chosen.clear()
+    ema_path._chosen.pop(fast, None)  # time this layer again
     costs.update({"triton": None, "compiled published": 0.5})  # Triton fails: left out; the compiled one is fastest
     calls.clear()
     fast(x)
@@ -138,9 +137,9 @@ def test_path_rule_times_only_deterministic_candidates_under_deterministic_algor
         assert calls == ["operator", "triton", "triton"]
         calls.clear()
         monkeypatch.setattr(ema_path, "_triton_available", lambda device: False)  # the operator alone, untimed
-        ema_path._chosen.clear()
+        ema_path._chosen.pop(fast, None)  # time this layer again
         fast(x)
-        assert calls == ["operator"] and not ema_path._chosen
+        assert calls == ["operator"] and not ema_path._chosen.get(fast)
     finally:
         torch.use_deterministic_algorithms(deterministic)
 

@@ -3,7 +3,7 @@
 Ouyang et al., "Efficient Multi-Scale Attention Module with Cross-Spatial Learning", ICASSP 2023, arXiv 2305.13563.
 """
 
-import logging
+import warnings
 
 import torch
 from torch import nn
@@ -17,8 +17,6 @@ from .graph_args import GraphArgsMeta
 
 __all__ = ("EMA", "ema_groups")
 
-LOGGER = logging.getLogger("ema_yolo")
-_fallbacks_reported = set()
 _EXPORT_PREFIX = "export_"  # buffer names of the export weights
 
 
@@ -83,7 +81,8 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
     (`ema_triton`) and the compiled published structure, and runs the fastest.
 
     Group rule: EMA uses G = `factor` groups when `factor` divides `channels`; otherwise (including `channels <
-    factor`) it uses the largest divisor of `channels` that is <= `factor` and logs that once. It never asserts.
+    factor`) it uses the largest divisor of `channels` that is <= `factor` and says so in a Python warning (shown once
+    per message and call site). It never asserts.
 
     Args:
         channels (int): Input channels C.
@@ -101,9 +100,9 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
     def __init__(self, channels: int, factor: int = 32):
         super().__init__()
         groups = ema_groups(channels, factor)
-        if groups != factor and (channels, factor) not in _fallbacks_reported:
-            _fallbacks_reported.add((channels, factor))
-            LOGGER.warning(f"EMA: {channels} channels are not a multiple of factor {factor}; using {groups} groups")
+        if groups != factor:  # Python's warning registry shows each distinct message once per call site
+            warnings.warn(f"EMA: {channels} channels are not a multiple of factor {factor}; using {groups} groups",
+                          stacklevel=2)
         self.channels, self.groups, self.group_channels = channels, groups, channels // groups
         cg = self.group_channels
         self.gn = nn.GroupNorm(cg, cg)

@@ -21,6 +21,7 @@ import functools
 import logging
 import statistics
 import threading
+import weakref
 
 import torch
 
@@ -37,7 +38,7 @@ LABELS = {
     "triton": "Triton operator",
     "compiled published": "compiled published structure",
 }
-_chosen = {}  # key (see choose_path) -> a name in LABELS
+_chosen = weakref.WeakKeyDictionary()  # layer -> {key (see choose_path): a name in LABELS}; lives as long as the layer
 
 
 def _triton_available(device):
@@ -133,14 +134,15 @@ def choose_path(module, x):
     amp = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     key = (str(device), x.dtype, tuple(x.shape), channels_last, amp, module.groups, backward, tuple(names))
-    if key not in _chosen:
+    chosen = _chosen.setdefault(module, {})
+    if key not in chosen:
         costs = path_costs(module, x, backward, names)
-        _chosen[key] = min(costs, key=costs.get) if costs else "operator"
+        chosen[key] = min(costs, key=costs.get) if costs else "operator"
         if costs:
             LOGGER.info(
                 f"EMA on {device} {str(x.dtype).replace('torch.', '')} {tuple(x.shape)}"
                 f"{f' autocast {amp}' if amp else ''}{' with backward' if backward else ''}: "
                 + ", ".join(f"{LABELS[name]} {cost * 1e3:.2f} ms" for name, cost in costs.items())
-                + f" -> {_chosen[key]}"
+                + f" -> {chosen[key]}"
             )
-    return _chosen[key]
+    return chosen[key]
