@@ -88,8 +88,12 @@ def test_task_trains_validates_predicts_and_exports(task, tmp_path_factory):
 
 @pytest.mark.parametrize("family", ["yolov8", "yolo11"])
 @pytest.mark.parametrize("task", list(SUFFIX))
-def test_every_stock_tensor_of_each_task_lands(task, family, tmp_path, make_stock_checkpoint):
+def test_every_stock_tensor_of_each_task_lands(task, family, tmp_path, make_stock_checkpoint, monkeypatch):
     from ultralytics import YOLO
+
+    from ema_yolo.integration.start import START_ENV
+
+    monkeypatch.setenv(START_ENV, "published")  # tensor identity: no start touches a reader (tests/test_start.py)
     from ultralytics.nn.tasks import load_checkpoint
 
     from ema_yolo.integration.transfer import transfer_report
