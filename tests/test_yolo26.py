@@ -220,3 +220,100 @@ def test_pretrained_through_the_stock_cli_and_the_training_api(stock, tiny_datas
     for key, value in reference.state_dict().items():
         _, i, rest = key.split(".", 2)
         assert torch.equal(state[f"model.{kept[int(i)]}.{rest}"].to(value.dtype), value), key
+
+
+@pytest.fixture(scope="module")
+def e2e(stock, tmp_path_factory):
+    """(yolo26n-ema checkpoint, stock yolo26n checkpoint): the EMA model started function-preserving from the stock
+    one (3 classes), so everything downstream of the raw outputs must be the stock model's."""
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+    # The head's last convolutions scaled as a trained head's: box side distances of about 2 strides (reg_max 1: the
+    # distances themselves, negative ones make boxes of negative area) and class scores spread around 0.1 (random
+    # ones saturate at 1, whose ties NMS breaks arbitrarily, so two correct runtimes would keep different boxes).
+    source = load_checkpoint(stock["yolo26n-nc3"])[0]
+    head = source.model[-1]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for branch in (*head.cv2, *head.one2one_cv2):
+            branch[-1].weight.div_(branch[-1].weight[0].numel())
+            branch[-1].bias.uniform_(1.5, 2.5)
+        for branch in (*head.cv3, *head.one2one_cv3):
+            branch[-1].weight.div_(branch[-1].weight[0].numel() ** 0.5)
+            branch[-1].bias.normal_(-2.0, 1.0)
+    folder = tmp_path_factory.mktemp("e2e")
+    torch.save({"model": source.half(), "train_args": {}}, folder / "yolo26n.pt")
+    model = DetectionModel("yolo26n-ema.yaml", nc=3, verbose=False)
+    model.load(load_checkpoint(folder / "yolo26n.pt")[0], verbose=False)
+    model.names = source.names
+    torch.save({"model": model.half(), "train_args": {}}, folder / "yolo26n-ema.pt")  # halving 2^k x w is exact
+    return str(folder / "yolo26n-ema.pt"), str(folder / "yolo26n.pt")
+
+
+@pytest.fixture(scope="module")
+def photos():
+    from ultralytics.utils import ASSETS
+
+    return [str(ASSETS / "bus.jpg"), str(ASSETS / "zidane.jpg")]
+
+
+def test_end_to_end_head_predicts_validates_and_fuses_as_stock(e2e, photos, tiny_dataset):
+    # nms=None: the one-to-many head and NMS; nms=False: the NMS-free one-to-one head, `fuse()` drops the other
+    from ultralytics import YOLO
+
+    ours, theirs = YOLO(e2e[0]), YOLO(e2e[1])
+    for nms, dropped in ((None, "one2one_cv2"), (False, "cv2")):
+        kwargs = dict(imgsz=64, conf=0.05, nms=nms, device="cpu", verbose=False)
+        results = [model.predict(photos, **kwargs) for model in (ours, theirs)]
+        for a, b in zip(*results):
+            assert len(b.boxes) > 0 and a.boxes.data.shape == b.boxes.data.shape, nms
+            torch.testing.assert_close(a.boxes.data, b.boxes.data, rtol=1e-4, atol=1e-4)
+        for model in (ours, theirs):
+            head = model.predictor.model.model.model[-1]  # AutoBackend fused it
+            assert getattr(head, dropped) is None and head.end2end == (nms is False)
+        metrics = [model.val(data=str(tiny_dataset), imgsz=64, batch=8, nms=nms, device="cpu", plots=False,
+                             verbose=False).results_dict for model in (ours, theirs)]  # fmt: skip
+        assert metrics[0] == pytest.approx(metrics[1], abs=1e-6)
+
+
+def _rows_match(got, want, tol):
+    """Every detection row (x1, y1, x2, y2, score, class) of `want` has a row in `got` within `tol` (top-k order may
+    swap rows of near-equal scores)."""
+    got, want = torch.as_tensor(got).reshape(-1, 6).float(), torch.as_tensor(want).reshape(-1, 6).float()
+    assert got.shape == want.shape
+    return bool((torch.cdist(want, got, p=float("inf")).min(1).values < tol).all())
+
+
+def test_exports_match_pytorch_with_and_without_nms(e2e, photos, tmp_path):
+    from ultralytics import YOLO
+
+    from ema_yolo.export.check import _load, main
+    from ema_yolo.export.compare import head_output, load_images, match_boxes, raw_error
+
+    # the default (one-to-many) head through `ema-yolo check-exports`, with the stock yolo26n as the baseline
+    out = tmp_path / "check"
+    assert main([*photos, "--model", e2e[0], "--baseline", e2e[1], "--formats", "onnx-nosimplify", "--imgsz", "64",
+                 "--out", str(out)]) == 0  # fmt: skip
+    rows = yaml.safe_load((out / "results.json").read_text())["rows"]  # JSON is YAML
+    for row in rows:
+        assert row["status"] == "match" and row["baseline"]["raw"] < 1e-3, row
+        assert row["sizes"]["64"]["boxes"] > 0 and row["latency_ms"] > 0, row
+    # both formats on the NMS-free head (nms=False: the one-to-one head's top-k detections, (batch, k, 6), as the
+    # stock model's), OpenVINO also on the default one
+    x = load_images(photos, 64)
+    reference = YOLO(e2e[1]).model.float().eval()
+    with torch.no_grad():
+        want = {None: reference(x)[0]}
+        reference.end2end = True
+        want[False] = reference(x)[0]
+    assert tuple(want[False].shape) == (2, 8 * 8 + 4 * 4 + 2 * 2, 6)  # k = min(max_det 300, anchors)
+    for fmt, nms in (("openvino", None), ("onnx", False), ("openvino", False)):
+        simplify = {"simplify": False} if fmt == "onnx" else {}  # onnxslim takes longer than the export
+        exported = YOLO(e2e[0]).export(format=fmt, nms=nms, imgsz=64, device="cpu", verbose=False, **simplify)
+        backend = _load(exported, fmt)  # OpenVINO in float32 arithmetic, as check-exports runs it
+        got = torch.cat([head_output(backend(x[i : i + 1])) for i in range(len(x))])
+        if nms is None:
+            assert raw_error(got, want[None], 64)["raw"] < 1e-3
+            assert match_boxes(got, want[None])["unmatched"] == 0
+        else:
+            assert got.shape == want[False].shape and _rows_match(got, want[False], 1e-3 * 64), fmt
