@@ -317,3 +317,55 @@ def test_exports_match_pytorch_with_and_without_nms(e2e, photos, tmp_path):
             assert match_boxes(got, want[None])["unmatched"] == 0
         else:
             assert got.shape == want[False].shape and _rows_match(got, want[False], 1e-3 * 64), fmt
+
+
+TRAIN = {"yolo26n-ema.yaml": "detect", "yolo26n-p2-ema.yaml": "detect", "yolo26n-c3k2-ema.yaml": "detect",
+         "yolo12n-ema.yaml": "detect", "yolo26n-seg-ema.yaml": "segment", "yolo26n-pose-ema.yaml": "pose",
+         "yolo26n-obb-ema.yaml": "obb", "yolo26n-cls-ema.yaml": "classify"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def task_data(tmp_path_factory):
+    from ema_yolo.data.synth import make_task_dataset
+
+    folder = tmp_path_factory.mktemp("tasks")
+    return {t: make_task_dataset(folder / t, t, train=4, val=2, size=64, seed=3) for t in sorted(set(TRAIN.values()))}
+
+
+@pytest.mark.parametrize("cfg", list(TRAIN))
+def test_one_epoch_trains_attention_with_the_stock_trainer(cfg, task_data, tmp_path):
+    # yolo26n-ema trains with MuSGD (what `optimizer=auto` picks on long runs): EMA's parameters in its groups
+    from ultralytics import YOLO
+    from ultralytics.optim import MuSGD
+
+    from ema_yolo.nn.csp_attn import AttnBottleneck
+
+    def attention(model):
+        layers = [m.attn if isinstance(m, AttnBottleneck) else m for m in model.modules()
+                  if isinstance(m, (EMA, AttnBottleneck))]  # fmt: skip
+        return {f"{i}.{k}": p for i, m in enumerate(layers) for k, p in m.named_parameters()}
+
+    seen = {}
+
+    def record(trainer):
+        seen["before"] = {k: p.detach().clone() for k, p in attention(trainer.model).items()}
+
+    musgd = cfg == "yolo26n-ema.yaml"
+    model = YOLO(cfg)
+    model.add_callback("on_pretrain_routine_end", record)
+    model.train(data=str(task_data[TRAIN[cfg]]), epochs=1, imgsz=64, batch=4, device="cpu", workers=0, amp=False,
+                plots=False, val=False, project=str(tmp_path), name="run", verbose=False,
+                optimizer="MuSGD" if musgd else "auto")  # fmt: skip
+    after = attention(model.trainer.model)
+    assert seen["before"] and after.keys() == seen["before"].keys()
+    assert all(not torch.equal(p, seen["before"][k]) for k, p in after.items() if "gn." in k or "conv" in k)
+    trained = YOLO(tmp_path / "run" / "weights" / "last.pt")
+    assert trained.task == TRAIN[cfg] and len(attention(trained.model)) == len(after)
+    if musgd:
+        optimizer = model.trainer.optimizer
+        assert isinstance(optimizer, MuSGD)
+        groups = [{id(p) for p in g["params"]} for g in optimizer.param_groups]
+        muon = set().union(*(ids for ids, g in zip(groups, optimizer.param_groups) if g.get("use_muon")))
+        for p in after.values():
+            assert sum(id(p) in ids for ids in groups) == 1  # in exactly one group
+            assert (id(p) in muon) == (p.ndim == 4)  # convolution filters orthogonalised, the rest plain SGD
