@@ -37,9 +37,12 @@ def _stock_checkpoint(path, cfg, nc=80, seed=0):
     """Save a stock (ema-yolo-free) model of `cfg` with random tensors as Ultralytics does (half precision).
 
     No pretrained weights can be downloaded here; random tensors make every tensor distinctive, so a misplaced one
-    cannot pass for the right one. BatchNorm variances stay positive so the model computes finite outputs. The
-    Detect head's DFL projection keeps its fixed 0..15 (not trained; as in every stock checkpoint): random, it decodes
-    boxes with negative sizes, which Ultralytics' plotting thread fails to draw.
+    cannot pass for the right one. The Detect head's DFL projection keeps its fixed 0..15 (not trained; as in every
+    stock checkpoint): random, it decodes boxes with negative sizes, which Ultralytics' plotting thread fails to draw.
+    BatchNorm statistics are then those of a generated batch, as a trained network's are those of its data: every
+    layer's output stays of order 1 and depends on the input (with random statistics, activations grow to 1e29 in
+    YOLO11 and overflow the attention blocks of YOLO12 and YOLO26 to NaN, or, scaled down, the outputs no longer
+    depend on the input, and a comparison of outputs could not fail).
     """
     import torch
     from ultralytics.nn import tasks
@@ -53,7 +56,15 @@ def _stock_checkpoint(path, cfg, nc=80, seed=0):
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if t.is_floating_point() and name not in fixed:
-                t.uniform_(0.5, 1.5) if name.endswith("running_var") else t.uniform_(-1, 1)
+                t.uniform_(-1, 1)
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # the batch's own mean and (unbiased) variance
+        model.train()(torch.rand(4, 3, 64, 64))
+        for m in norms:
+            m.momentum = 0.03  # Ultralytics' value (`initialize_weights`)
+    model.eval()
     model.names = {i: f"class{i}" for i in range(nc)}
     torch.save({"model": model.half(), "train_args": {}}, path)
     return path
