@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from ema_yolo.integration import start, transfer
-from ema_yolo.integration.ultralytics import model_cfg_dir
+from ema_yolo.integration.model_cfgs import model_cfg_dir
 from ema_yolo.nn import EMA
 
 # ema-yolo YAML -> (stock Ultralytics YAML, EMA row indices, the module each EMA row reads)
@@ -287,7 +287,8 @@ def _rows_match(got, want, tol):
 def test_exports_match_pytorch_with_and_without_nms(e2e, photos, tmp_path):
     from ultralytics import YOLO
 
-    from ema_yolo.export.check import _load, main
+    from ema_yolo.export.check import _load
+    from ema_yolo.export.commands import main
     from ema_yolo.export.compare import head_output, load_images
 
     # the default (one-to-many) head through `ema-yolo check-exports`, with the stock yolo26n as the baseline
