@@ -90,3 +90,23 @@ def _no_deterministic_algorithms_left_on():
 
     yield
     torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture
+def ultralytics_log():
+    """The messages Ultralytics' logger emits during the test (it does not propagate to the root logger)."""
+    import logging
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    handler = Lines()
+    logger = logging.getLogger("ultralytics")
+    logger.addHandler(handler)
+    yield handler.lines
+    logger.removeHandler(handler)

@@ -5,7 +5,6 @@ stock model from the same checkpoint. With the published initialisation they dif
 weights, so the comparison can fail.
 """
 
-import logging
 import subprocess
 import sys
 
@@ -36,23 +35,6 @@ def stocks(tmp_path_factory, make_stock_checkpoint, tiny_dataset):
     return {"random": random, "trained": folder / "trained" / "weights" / "last.pt"}
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-def log():
-    """Messages of Ultralytics' logger (it does not propagate to the root logger)."""
-    handler = _Lines()
-    logger = logging.getLogger("ultralytics")
-    logger.addHandler(handler)
-    yield handler.lines
-    logger.removeHandler(handler)
 
 
 def _raw(model, x):
@@ -158,7 +140,7 @@ def test_from_scratch_keeps_the_published_initialisation():
     assert all(m.fc2.weight.any() for m in model.modules() if isinstance(m, SE))
 
 
-def test_a_reader_that_cannot_absorb_keeps_the_published_start(log):
+def test_a_reader_that_cannot_absorb_keeps_the_published_start(ultralytics_log):
     from ultralytics.nn.tasks import BaseModel, parse_model
 
     def build(rows):
@@ -170,7 +152,7 @@ def test_a_reader_that_cannot_absorb_keeps_the_published_start(log):
     source = build([conv, conv, [-1, 1, "nn.BatchNorm2d", [16]]])
     target = build([conv, conv, [-1, 1, "EMA", ["c2"]], [-1, 1, "nn.BatchNorm2d", [16]]])  # BatchNorm adds a shift
     target.load(source)
-    assert any("model.2: no function-preserving start, model.3 (BatchNorm2d)" in line for line in log)
+    assert any("model.2: no function-preserving start, model.3 (BatchNorm2d)" in line for line in ultralytics_log)
     assert bool((target.model[2].gn.weight == 1).all())  # published: GroupNorm scale 1
     assert torch.equal(target.model[3].weight, source.model[2].weight)  # the reader was restored
 
@@ -192,7 +174,7 @@ def _frozen_after_setup(trainer):
             if not v.requires_grad and ".dfl" not in k}  # fmt: skip
 
 
-def test_freeze_counts_stock_layers_through_train(tiny_dataset, stocks, tmp_path, log):
+def test_freeze_counts_stock_layers_through_train(tiny_dataset, stocks, tmp_path, ultralytics_log):
     from ultralytics import YOLO
 
     seen = {}
@@ -208,7 +190,7 @@ def test_freeze_counts_stock_layers_through_train(tiny_dataset, stocks, tmp_path
                 batch=8, device="cpu", workers=0, amp=False, plots=False, val=False, project=str(tmp_path), name="freeze")
     assert seen["frozen"] == {"0", "1", "2", "3", "4", "5", "6", "8", "9", "11"}  # the stock backbone; EMA 7, 10 train
     assert "freeze=10: froze the stock model's layers 0-9, which are this model's model.0-6, 8-9, 11; the attention " \
-           "in model.7, 10 stays trainable" in log
+           "in model.7, 10 stays trainable" in ultralytics_log
     checkpoint = torch.load(tmp_path / "freeze" / "weights" / "last.pt", weights_only=False)
     assert model.trainer.args.freeze == 10 and checkpoint["train_args"]["freeze"] == 10  # the user's value is kept
     trained = model.trainer.model

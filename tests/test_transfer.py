@@ -6,7 +6,6 @@ identity is checked with the published start (`EMA_YOLO_START=published`), under
 a tensor; the default function-preserving start is tested in test_start.py.
 """
 
-import logging
 import os
 import subprocess
 import sys
@@ -125,22 +124,6 @@ def test_same_architecture_loads_exactly_as_stock(stock, trained_checkpoint):
     assert torch.equal(gray_ema.model[0].bn.weight, theirs.model[0].bn.weight)
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-def ultralytics_log():
-    handler = _Lines()
-    logger = logging.getLogger("ultralytics")
-    logger.addHandler(handler)
-    yield handler.lines
-    logger.removeHandler(handler)
 
 
 def test_report_line_partial_transfer_and_wrong_family(stock, ultralytics_log, published_start):

@@ -5,7 +5,6 @@ and exports of the stock model from the same checkpoint), EMA's closed-form para
 cg = channels / 32), and the optimizer Ultralytics builds. Stock checkpoints hold random tensors (conftest.py).
 """
 
-import logging
 
 import pytest
 import torch
@@ -96,22 +95,6 @@ def stock(tmp_path_factory, make_stock_checkpoint):
     return {name: make_stock_checkpoint(folder / f"{name}.pt", cfg, nc=nc, seed=7) for name, (cfg, nc) in cfgs.items()}
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-def log():
-    handler = _Lines()
-    logger = logging.getLogger("ultralytics")
-    logger.addHandler(handler)
-    yield handler.lines
-    logger.removeHandler(handler)
 
 
 def _flat(output):
@@ -137,7 +120,7 @@ def _difference(a, b):
 
 @pytest.mark.parametrize("source, target", [("yolo26s", "yolo26s-ema"), ("yolo26s-seg", "yolo26s-seg-ema"),
                                             ("yolo12s", "yolo12s-ema")])  # fmt: skip
-def test_stock_checkpoint_lands_fully_and_starts_function_preserving(stock, source, target, log, monkeypatch):
+def test_stock_checkpoint_lands_fully_and_starts_function_preserving(stock, source, target, ultralytics_log, monkeypatch):
     from ultralytics import YOLO
     from ultralytics.nn.tasks import load_checkpoint
 
@@ -147,8 +130,8 @@ def test_stock_checkpoint_lands_fully_and_starts_function_preserving(stock, sour
     model = YOLO(f"{target}.yaml").load(stock[source]).model  # the default start: function-preserving
     assert _difference(_raw(model, x), _raw(reference, x)) <= TOLERANCE
     ema = [j for j, m in enumerate(model.model) if isinstance(m, EMA)]
-    assert f"new: 2 EMA layers (model.{ema[0]}, model.{ema[1]}); function-preserving start: 2 attention rows" in log[-1]
-    assert not [line for line in log if "no function-preserving start" in line]
+    assert f"new: 2 EMA layers (model.{ema[0]}, model.{ema[1]}); function-preserving start: 2 attention rows" in ultralytics_log[-1]
+    assert not [line for line in ultralytics_log if "no function-preserving start" in line]
 
     monkeypatch.setenv(start.START_ENV, "published")  # nothing but the load touches a tensor: identity
     model = YOLO(f"{target}.yaml").load(stock[source]).model
