@@ -24,7 +24,7 @@ from ..eval.protocols import evaluate, load_ground_truth
 from ..integration.transfer import transfer_report
 from ..timing import time_calls
 
-__all__ = ("CompareError", "check_marker", "count_gflops", "measure_costs", "run_one")
+__all__ = ("CompareError", "check_marker", "count_gflops", "evaluate_start", "measure_costs", "read_predictions", "run_one")
 
 PREDICTIONS = "predictions.json.gz"  # the final model's detections (save_json format), read by the bootstrap
 START = "start.pt"  # the transferred model before any training step (with --pretrained)
@@ -139,12 +139,17 @@ def run_one(spec: dict, on_model: Callable | None = None) -> dict:
     if spec["settings"]["pretrained"]:
         transfer = folder / "transfer.json"
         row["transferred"] = json.loads(transfer.read_text())["transferred"] if transfer.is_file() else None
-        start = folder / START
-        row["start_AP"] = evaluate(gt, model_predictions(start, data, protocol, imgsz, device=device), protocol,
-                                   str(start))["AP"]
+        row["start_AP"] = evaluate_start(spec, gt)[0]["AP"]
     _atomic_write(folder / PREDICTIONS, gzip.compress(json.dumps(predictions).encode()))
     _atomic_write(done, json.dumps(row, indent=2).encode())
     return row
+
+
+def evaluate_start(spec: dict, gt) -> tuple[dict, list[dict]]:
+    """The protocol's metrics and the predictions of the run's `start.pt`, by the final model's evaluation path."""
+    start = Path(spec["folder"]) / START
+    predictions = model_predictions(start, spec["data"], spec["protocol"], spec["imgsz"], device=spec["device"])
+    return evaluate(gt, predictions, spec["protocol"], str(start)), predictions
 
 
 def read_predictions(folder: Path) -> list[dict]:
