@@ -126,7 +126,8 @@ def _markdown(results: dict) -> str:
     lines += ["", f"## Differences from {reference} (points = 100 x metric)", "",
               f"Mean over seeds of (variant - {reference}) at the same seed; 95% paired percentile bootstrap interval "
               f"over the {results['images']} validation images, each resample applied to every seed's runs of both "
-              "variants; seed std = sample standard deviation of the per-seed differences.", ""]
+              "variants (the seeds themselves are not resampled: the interval covers the validation images, not "
+              "another set of seeds); seed std = sample standard deviation of the per-seed differences.", ""]
     rows = []
     for d in results["deltas"]:
         ci = "n/a" if d["ci95"] is None else f"[{_points(d['ci95'][0])}, {_points(d['ci95'][1])}]"
