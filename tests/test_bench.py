@@ -60,9 +60,10 @@ def test_step_bench_swaps_in_the_published_ema_with_the_same_weights(tmp_path):
     with torch.no_grad():
         assert torch.allclose(swapped(x)[0], model(x)[0], atol=1e-4, rtol=1e-4)
 
-    out = tmp_path / "step.json"
-    main(["step", "--family", "yolov8", "--scale", "n", "--imgsz", "64", "--batch", "1", "--repeats", "1",
-          "--rounds", "1", "--json", str(out)])
-    result = json.loads(out.read_text())
-    assert result["model"] == "yolov8n-ema.yaml" and result["baseline s/step"] > 0
-    assert result["EMAReference cost"].endswith("%")
+    for family, cfg in (("yolov8", "yolov8n-ema.yaml"), ("yolo26", "yolo26n-ema.yaml")):
+        out = tmp_path / f"step-{family}.json"
+        main(["step", "--family", family, "--scale", "n", "--imgsz", "64", "--batch", "1", "--repeats", "1",
+              "--rounds", "1", "--json", str(out)])
+        result = json.loads(out.read_text())
+        assert result["model"] == cfg and result["baseline s/step"] > 0
+        assert result["EMAReference cost"].endswith("%")

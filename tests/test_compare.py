@@ -281,3 +281,25 @@ def test_in_block_variants_name_their_family_block_and_measure_without_training(
     for r in rows:
         assert r["latency_iqr_ms"][0] <= r["latency_ms"] <= r["latency_iqr_ms"][1]
     assert results["latency"]["rounds"] == 20
+
+
+@pytest.mark.parametrize("family, variants, models, increments", [
+    # EMA adds 10 cg^2 + 4 cg (GroupNorm 2 cg, 1x1 cg^2 + cg, 3x3 9 cg^2 + cg) per layer, cg = channels / 32.
+    # yolo26n: after the 128-wide P4 C3k2 (cg 4: 176) and the 256-wide C2PSA (cg 8: 672)
+    ("yolo26", "baseline,ema,c3k2-ema", ["yolo26n.yaml", "yolo26n-ema.yaml", "yolo26n-c3k2-ema.yaml"], [848, None]),
+    # yolo26n-p2: after the 128- and 64-wide neck blocks, twice each (cg 4: 176, cg 2: 48)
+    ("yolo26-p2", "baseline,ema", ["yolo26n-p2.yaml", "yolo26n-p2-ema.yaml"], [2 * 176 + 2 * 48]),
+    # yolo12n: after the 128-wide P4 and the 256-wide P5 A2C2f blocks
+    ("yolo12", "baseline,cbam", ["yolo12n.yaml", "yolo12n-cbam.yaml"], [None]),
+], ids=["yolo26", "yolo26-p2", "yolo12"])  # fmt: skip
+def test_new_families_measure_without_training(family, variants, models, increments, tmp_path):
+    from ema_yolo.ablation.commands import main
+
+    assert main(["--no-train", "--family", family, "--variants", variants, "--imgsz", "64",
+                 "--out", str(tmp_path / family)]) == 0  # fmt: skip
+    rows = json.loads((tmp_path / family / "results.json").read_text())["runs"]
+    assert [r["model"] for r in rows] == models
+    for row, increment in zip(rows[1:], increments):
+        assert row["params"] > rows[0]["params"] and row["GFLOPs"] > rows[0]["GFLOPs"]
+        if increment is not None:
+            assert row["params"] - rows[0]["params"] == increment

@@ -10,10 +10,12 @@ from ..nn.registry import REGISTRY
 
 __all__ = ("FAMILIES", "IN_BLOCK", "VARIANTS", "variant_cfg")
 
-FAMILIES = ("yolov5", "yolov5-p2", "yolov8", "yolov8-p2", "yolo11")
-IN_BLOCK = {"yolov5": "c3", "yolov8": "c2f", "yolo11": "c3k2"}  # family -> its CSP block, for attention inside it
+FAMILIES = ("yolov5", "yolov5-p2", "yolov8", "yolov8-p2", "yolo11", "yolo12", "yolo26", "yolo26-p2")
+# family -> its CSP block, for attention inside it
+IN_BLOCK = {"yolov5": "c3", "yolov8": "c2f", "yolo11": "c3k2", "yolo26": "c3k2"}
 VARIANTS = ("baseline", *REGISTRY)
-VARIANTS += tuple(f"{block}-{key}" for block in IN_BLOCK.values() for key, layer in REGISTRY.items() if layer.in_block)
+VARIANTS += tuple(f"{block}-{key}" for block in dict.fromkeys(IN_BLOCK.values()) for key, layer in REGISTRY.items()
+                  if layer.in_block)
 
 
 def variant_cfg(family: str, scale: str, variant: str) -> str:
@@ -29,8 +31,8 @@ def variant_cfg(family: str, scale: str, variant: str) -> str:
         raise ValueError(f"unknown family/scale/variant {family!r}/{scale!r}/{variant!r}")
     block = variant.partition("-")[0] if "-" in variant else None
     if block and IN_BLOCK.get(family) != block:
-        needed = next(f for f, b in IN_BLOCK.items() if b == block)
-        raise ValueError(f"variant {variant!r} needs family {needed!r}, not {family!r}")
+        needed = " or ".join(repr(f) for f, b in IN_BLOCK.items() if b == block)
+        raise ValueError(f"variant {variant!r} needs family {needed}, not {family!r}")
     base, _, level = family.partition("-")
     name = f"{base}{scale}" + (f"-{level}" if level else "")
     return f"{name}.yaml" if variant == "baseline" else f"{name}-{variant}.yaml"
