@@ -303,3 +303,34 @@ def test_new_families_measure_without_training(family, variants, models, increme
         assert row["params"] > rows[0]["params"] and row["GFLOPs"] > rows[0]["GFLOPs"]
         if increment is not None:
             assert row["params"] - rows[0]["params"] == increment
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_dataset, tmp_path):
+    # Killed after its first epoch (last.pt written, no done.json): re-running the command continues at epoch 2.
+    out = tmp_path / "cmp"
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(model):
+        def stop(trainer):
+            if trainer.epoch == 0:
+                raise Killed
+
+        model.add_callback("on_fit_epoch_end", stop)
+
+    settings = dict(epochs=2, imgsz=64, batch=8, workers=0, seeds=[0], threads=1, resamples=10)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(Killed):
+            run_compare(tiny_dataset, "yolov8", "n", ["baseline"], out, on_model=kill_after_first_epoch, **settings)
+        run = out / "baseline" / "seed0"
+        assert (run / "weights" / "last.pt").is_file() and not (run / "done.json").exists()
+        first = (run / "results.csv").read_text().splitlines()
+        assert len(first) == 2  # header and epoch 1
+        run_compare(tiny_dataset, "yolov8", "n", ["baseline"], out, **settings)
+    finally:
+        torch.set_num_threads(threads)
+    lines = (run / "results.csv").read_text().splitlines()
+    assert len(lines) == 3 and lines[:2] == first  # epoch 1 kept, epoch 2 added: resumed, not restarted
+    assert (run / "done.json").is_file()
