@@ -163,7 +163,8 @@ def test_ablation_twins_differ_from_the_ema_file_only_in_the_layer():
                 assert sum(m == "EMA" for _, _, m, _ in ema["backbone"] + ema["head"]) >= 2
                 assert twin["backbone"] + twin["head"] == rows and twin["yaml_file"] == name
                 twins += 1
-    assert twins == 20 and not [p for p in model_cfg_dir().glob("*.yaml") if p.stem.endswith(("-cbam", "-ca", "-se"))]
+    # 8 -ema files with rows (yolov5, yolov5-p2, yolov8, yolov8-p2, yolo11, yolo12, yolo26, yolo26-p2) x 4 layers
+    assert twins == 32 and not [p for p in model_cfg_dir().glob("*.yaml") if p.stem.endswith(("-cbam", "-ca", "-se", "-eca"))]
 
 
 def test_bare_names_resolve_from_any_folder_in_a_fresh_process(tmp_path):
