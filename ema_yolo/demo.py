@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .integration.offline import prepare_offline
 
-DEMO_MINUTES = "6 to 9"  # measured with the defaults on a shared 2-core CPU (README)
+DEMO_MINUTES = "4 to 9"  # measured with the defaults: 3 min 53 s on an idle 2-core CPU, 8 min 37 s on a shared one (README)
 
 
 def write_demo_clip(path, size=160, seed=0, frames=48, fps=12.0):
