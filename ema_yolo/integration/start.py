@@ -29,7 +29,7 @@ from torch import nn
 
 from ..nn.registry import ATTENTION_TYPES
 
-__all__ = ("START_ENV", "StartReport", "start_choice", "start_new_layers")
+__all__ = ("START_ENV", "StartReport", "layer_sources", "start_choice", "start_new_layers")
 
 START_ENV = "EMA_YOLO_START"  # "function-preserving" (default) or "published"
 _CHOICES = ("function-preserving", "published")
@@ -81,7 +81,8 @@ class StartReport:
         return text
 
 
-def _sources(layer, index):
+def layer_sources(layer: nn.Module, index: int) -> list[int]:
+    """Absolute indices of the layers that Ultralytics layer `index` reads from (its `.f`; -1 is the image)."""
     f = layer.f if isinstance(layer.f, (list, tuple)) else [layer.f]
     return [index + k if k < 0 else k for k in f]
 
@@ -171,7 +172,7 @@ def _same(a, b):
 
 def _readers(layers, index):
     """(reader index, input position) of every layer that reads layer `index`."""
-    return [(k, p) for k in range(index + 1, len(layers)) for p, s in enumerate(_sources(layers[k], k)) if s == index]
+    return [(k, p) for k in range(index + 1, len(layers)) for p, s in enumerate(layer_sources(layers[k], k)) if s == index]
 
 
 def _absorb(model, inputs, index, channels, factor, done):

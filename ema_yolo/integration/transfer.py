@@ -21,14 +21,9 @@ import torch
 from torch import nn
 
 from . import start
+from .start import layer_sources
 
 __all__ = ("TransferReport", "align_layers", "install", "transfer_report")
-
-
-def _sources(layer, index):
-    """Absolute indices of the layers `layer` reads from (-1 is the image)."""
-    f = layer.f if isinstance(layer.f, (list, tuple)) else [layer.f]
-    return [index + k if k < 0 else k for k in f]
 
 
 def _shapes(layer):
@@ -67,7 +62,7 @@ def align_layers(src: nn.Sequential, dst: nn.Sequential) -> dict[int, int]:
     values = [1 + _numel(s) for s in src]
 
     def weight(i, j):
-        same_kind = isinstance(dst[j], type(src[i])) and len(_sources(src[i], i)) == len(_sources(dst[j], j))
+        same_kind = isinstance(dst[j], type(src[i])) and len(layer_sources(src[i], i)) == len(layer_sources(dst[j], j))
         ends = (i, j) in ((0, 0), (n - 1, m - 1))  # input channels and class count may differ; Ultralytics adapts them
         return values[i] if same_kind and (ends or shapes_s[i] <= shapes_d[j]) else 0
 
@@ -92,13 +87,13 @@ def align_layers(src: nn.Sequential, dst: nn.Sequential) -> dict[int, int]:
 
     def through(layers, k, matched):
         """Follow single-input layers outside the alignment (inserted ones) back to a layer inside it."""
-        while k not in matched and len(_sources(layers[k], k)) == 1:
-            k = _sources(layers[k], k)[0]
+        while k not in matched and len(layer_sources(layers[k], k)) == 1:
+            k = layer_sources(layers[k], k)[0]
         return k
 
     for i, j in pairs:  # in order, so every input's mapping is settled before it is used
-        inputs_s = [mapping.get(through(src, k, matched_s)) for k in _sources(src[i], i)]
-        inputs_d = [through(dst, k, matched_d) for k in _sources(dst[j], j)]
+        inputs_s = [mapping.get(through(src, k, matched_s)) for k in layer_sources(src[i], i)]
+        inputs_d = [through(dst, k, matched_d) for k in layer_sources(dst[j], j)]
         if inputs_s == inputs_d:
             mapping[i] = j
             matched_s.add(i)
