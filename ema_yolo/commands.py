@@ -70,7 +70,7 @@ def bench(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", default="s", choices=list("nsmlx"), help="step: model scale")
     parser.add_argument("--imgsz", type=int, default=640, help="video, step: input size")
     parser.add_argument("--batch", type=int, help="video: frames per inference call (4); step: images per step (2)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
     parser.add_argument("--repeats", type=int, help="timed calls per round (module 5, step 2)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--json", help="also write the results to this JSON file (default: print only)")

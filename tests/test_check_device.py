@@ -60,3 +60,16 @@ def test_compile_section_compares_compiled_with_eager():
     (row,) = check_device.compile_check(torch.device("cpu"), quick=True)
     assert row["model"] == "EMA(64)" and row["graphs"] == 1 and row["graph breaks"] == 0
     assert row["worst relative error"] <= row["tolerance"] and row["pass"]
+
+
+def test_float32_sections_turn_tf32_off_and_restore_the_users_flags():
+    # cuDNN's TF32 default on CUDA would be measured as EMA's error; the user's settings come back, even after an error.
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with pytest.raises(RuntimeError), check_device._ieee_float32():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+            raise RuntimeError("a failing section")
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags

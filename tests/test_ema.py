@@ -165,14 +165,36 @@ def test_traced_graph_matches_eager_at_other_sizes(channels, factor):
         assert torch.allclose(traced(x), fast(x), atol=1e-12, rtol=0)
 
 
-def test_torch_compile_traces_the_function():
+def test_torch_compile_traces_the_function(monkeypatch):
+    # Before torch 2.14, dynamo traced torch.compiler.is_exporting() as True under torch.compile too, which sent EMA
+    # down the exporters' path (and, with an in-place op there, failed the backward: torch 2.11 on an H200). Made so
+    # here: EMA must still be its operator in the compiled graph.
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
     ref, fast = _pair(64, 32)
+    explain = torch._dynamo.explain(fast)(torch.randn(1, 64, 4, 4, dtype=torch.float64))
+    assert explain.graph_break_count == 0 and "ema_yolo.ema" in explain.graphs[0].code
     compiled = torch.compile(fast, backend="aot_eager")  # dynamo + AOTAutograd, no C++ toolchain needed
     x = torch.randn(2, 64, 9, 7, dtype=torch.float64, requires_grad=True)
     (g_ref,) = torch.autograd.grad(ref(x).square().sum(), x)
     y = compiled(x)
     (g,) = torch.autograd.grad(y.square().sum(), x)
     assert torch.allclose(y, ref(x), atol=1e-9) and torch.allclose(g, g_ref, atol=1e-9)
+
+
+def test_plain_ops_path_has_the_published_gradients():
+    # Under an op observer (a FLOP counter of a training step) and in exports, EMA runs plain ops that autograd
+    # differentiates; in-place ops there must not overwrite what their backward reads.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ref, fast = _pair(64, 32)
+    x = torch.randn(2, 64, 7, 5, dtype=torch.float64, requires_grad=True)
+    with FlopCounterMode(display=False) as count:
+        fast(x).square().sum().backward()  # FlopCounterMode counts .backward(), not autograd.grad
+    grads = [x.grad, *(p.grad for p in fast.parameters())]
+    grads_ref = torch.autograd.grad(ref(x).square().sum(), [x, *ref.parameters()])
+    assert count.get_total_flops() > 0
+    for g, g_ref in zip(grads, grads_ref):
+        assert torch.allclose(g, g_ref, atol=1e-9, rtol=1e-9)
 
 
 def test_parameters_and_state_dict_layout():

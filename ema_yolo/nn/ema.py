@@ -43,7 +43,18 @@ def ema_groups(channels: int, factor: int = 32) -> int:
 
 def _traced():
     """True while a graph is being traced or exported (`torch.jit.trace`, `torch.export`, ONNX)."""
-    return torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+    return torch.jit.is_tracing() or _exporting() or torch.onnx.is_in_onnx_export()
+
+
+def _exporting():
+    """True under `torch.export` (strict or not): the flag it sets, read as a plain global.
+
+    Not `torch.compiler.is_exporting()`: before torch 2.14 dynamo traces that call as the constant True under
+    `torch.compile` too (torch/_dynamo/variables/torch.py, `tracing_state_functions`), which would send every compiled
+    model down the exporters' path (seen with torch 2.11 on an H200, 2026-12-04).
+    """
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return torch.compiler.is_exporting() if flag is None else flag
 
 
 def _observed():
@@ -78,7 +89,7 @@ class EMA(nn.Module, metaclass=GraphArgsMeta):
 
     Device rule (`ema_path`): the operator on CPU, where it was measured faster; on other devices the first call per
     input shape times the operator, the published structure (`published_ema`) and, on CUDA, the Triton operator
-    (`ema_triton`) and the compiled published structure, and runs the fastest.
+    (`ema_triton`), and runs the fastest.
 
     Group rule: EMA uses G = `factor` groups when `factor` divides `channels`; otherwise (including `channels <
     factor`) it uses the largest divisor of `channels` that is <= `factor` and says so in a Python warning (shown once

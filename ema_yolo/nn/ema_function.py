@@ -152,7 +152,8 @@ def _forward_chunk(z, eps, gn_w, gn_b, w1, b1, w3, b3, s1, kernel, out=None, scr
     d = _gate_product(z, gate_h, gate_w, scratch)
     mean = d.mean((2, 3))
     d.sub_(mean.view(k, cg, 1, 1))
-    rstd = torch.rsqrt(torch.linalg.vector_norm(d, dim=(2, 3)).square_() / hw + eps)  # (k, cg)
+    rstd = torch.rsqrt(torch.linalg.vector_norm(d, dim=(2, 3)).square() / hw + eps)  # (k, cg); not square_: autograd
+    # differentiates this function where exporters and observers run it, and the norm's backward reads its output
 
     taps, s2 = _branch_softmax(z, row_sum, col_sum, w3, b3)
 

@@ -1,23 +1,23 @@
-"""Which implementation `EMA` runs on a device: its operator, its Triton operator, or the published structure (eager
-or compiled), whichever measures fastest.
+"""Which implementation `EMA` runs on a device: its operator, its Triton operator, or the published structure,
+whichever measures fastest.
 
 The rule: on a device type in `MEASURED` the implementation measured there is used (CPU: the operator, faster than
 the published structure at every YOLOv8 n/s neck map, forward+backward and, since issue #25, inference at batch 1 to 8;
 `ema-yolo bench module`, docs/benchmarks.md). On any other accelerator (CUDA, XPU, MPS: nothing was measured here)
 the first call for each (device, dtype, shape, memory format, autocast, groups, with or without backward,
 deterministic or not) times the candidates and runs the fastest from then on: the operator, the published structure,
-and where Triton runs (CUDA) the Triton operator (`ema_triton`) and the published structure under `torch.compile`.
-All compute the same function in float32 or wider (the float64 parity tests), so the choice changes speed, not
+and where Triton runs (CUDA) the Triton operator (`ema_triton`). Not the published structure under `torch.compile`:
+compiling it per layer and shape made the first training step of yolov8s-ema on an H200 take 33 s and ran into
+dynamo's recompile limit (2026-12-04); `torch.compile` of the whole model (`compile=True`) is the user's choice. All compute the same function in float32 or wider (the float64 parity tests), so the choice changes speed, not
 results beyond rounding.
 Under `torch.use_deterministic_algorithms(True)` only the deterministic candidates are timed: the operator and the
 Triton operator (the published structure's adaptive pools have no deterministic CUDA backward). Under `torch.compile`
 nothing can be timed: on CUDA with Triton it takes the Triton operator, whose kernels inductor sees, elsewhere the
 operator (one opaque node, no graph breaks). Without timing it also keeps the operator on the meta device (shape
 inference) and when every timing fails (out of memory, an input inside a `torch.func` transform); a candidate whose
-timing fails (a compile error) is left out.
+timing fails (a Triton compile error) is left out.
 """
 
-import functools
 import logging
 import statistics
 import threading
@@ -36,7 +36,6 @@ LABELS = {
     "operator": "operator",
     "published": "published structure",
     "triton": "Triton operator",
-    "compiled published": "compiled published structure",
 }
 _chosen = weakref.WeakKeyDictionary()  # layer -> {key (see choose_path): a name in LABELS}; lives as long as the layer
 
@@ -50,17 +49,11 @@ def _triton_available(device):
 def candidates(device):
     """The implementations `choose_path` times on `device`, in the order it times them."""
     names = ["operator", "published"]
-    if _triton_available(device):  # inductor's kernels need Triton as well
-        names += ["triton", "compiled published"]
+    if _triton_available(device):
+        names.append("triton")
     if torch.are_deterministic_algorithms_enabled():
         names = [n for n in names if n in DETERMINISTIC]
     return names
-
-
-@functools.cache
-def _compiled_published(cls):
-    """`cls._published` under torch.compile, static shapes (inductor in torch 2.14 fails on it with symbolic ones)."""
-    return torch.compile(cls._published, dynamic=False)
 
 
 def path_function(module, name):
@@ -69,8 +62,6 @@ def path_function(module, name):
         from .ema_triton import ema_triton
 
         return lambda x: ema_triton(x, module.groups, module.gn.eps, *module._params())
-    if name == "compiled published":
-        return functools.partial(_compiled_published(type(module)), module)
     return getattr(module, f"_{name}")
 
 
