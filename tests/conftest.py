@@ -1,9 +1,13 @@
 """Test setup: Ultralytics offline, with its settings and fonts in a throw-away folder (before it is imported)."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
-os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ema-yolo-test-config-"))
+if "YOLO_CONFIG_DIR" not in os.environ:
+    os.environ["YOLO_CONFIG_DIR"] = tempfile.mkdtemp(prefix="ema-yolo-test-config-")
+    atexit.register(shutil.rmtree, os.environ["YOLO_CONFIG_DIR"], ignore_errors=True)  # leave no folder behind
 
 from ema_yolo.integration.offline import prepare_offline  # noqa: E402
 
