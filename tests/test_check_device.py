@@ -62,14 +62,27 @@ def test_compile_section_compares_compiled_with_eager():
     assert row["worst relative error"] <= row["tolerance"] and row["pass"]
 
 
-def test_float32_sections_turn_tf32_off_and_restore_the_users_flags():
-    # cuDNN's TF32 default on CUDA would be measured as EMA's error; the user's settings come back, even after an error.
-    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+def test_float32_sections_turn_tf32_off_and_restore_the_users_settings():
+    # cuDNN's TF32 default on CUDA would be measured as EMA's error; the user's settings come back, even after an
+    # error, through the same API (mixing the fp32_precision and allow_tf32 APIs makes the getters raise).
+    torch.set_float32_matmul_precision("medium")
+    switches = check_device._tf32_switches()
+    before = [getattr(obj, name) for obj, name, _ in switches]
     try:
         with pytest.raises(RuntimeError), check_device._ieee_float32():
-            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+            assert [getattr(obj, name) for obj, name, _ in switches] == [value for _, _, value in switches]
             raise RuntimeError("a failing section")
-        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        assert [getattr(obj, name) for obj, name, _ in switches] == before
+        assert torch.get_float32_matmul_precision() == "medium"
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+        torch.set_float32_matmul_precision("highest")
+
+
+def test_check_device_runs_float32_sections_without_tf32(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(check_device, "correctness", lambda device, shapes: seen.setdefault(
+        "correctness", [getattr(obj, name) == value for obj, name, value in check_device._tf32_switches()]) and [])
+    monkeypatch.setattr(check_device, "compile_check", lambda device, quick: seen.setdefault(
+        "compile", [getattr(obj, name) == value for obj, name, value in check_device._tf32_switches()]) and [])
+    check_device.check_device(torch.device("cpu"), quick=True, sections=["correctness", "compile"])
+    assert seen == {"correctness": [True, True], "compile": [True, True]}

@@ -47,14 +47,14 @@ def _traced():
 
 
 def _exporting():
-    """True under `torch.export` (strict or not): the flag it sets, read as a plain global.
+    """True under `torch.export` (strict or not): the flag it sets, read as a plain global (False where a torch
+    release has no such flag).
 
-    Not `torch.compiler.is_exporting()`: before torch 2.14 dynamo traces that call as the constant True under
-    `torch.compile` too (torch/_dynamo/variables/torch.py, `tracing_state_functions`), which would send every compiled
-    model down the exporters' path (seen with torch 2.11 on an H200, 2026-12-04).
+    Not `torch.compiler.is_exporting()`: dynamo traced that call as the constant True under `torch.compile` too (seen
+    with torch 2.11, fixed upstream by pytorch/pytorch#176499, not in 2.11), which sent every compiled model down the
+    exporters' path (an H200 run, 2026-12-04).
     """
-    flag = getattr(torch.compiler, "_is_exporting_flag", None)
-    return torch.compiler.is_exporting() if flag is None else flag
+    return getattr(torch.compiler, "_is_exporting_flag", False)
 
 
 def _observed():

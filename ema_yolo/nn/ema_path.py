@@ -8,7 +8,8 @@ the first call for each (device, dtype, shape, memory format, autocast, groups, 
 deterministic or not) times the candidates and runs the fastest from then on: the operator, the published structure,
 and where Triton runs (CUDA) the Triton operator (`ema_triton`). Not the published structure under `torch.compile`:
 compiling it per layer and shape made the first training step of yolov8s-ema on an H200 take 33 s and ran into
-dynamo's recompile limit (2026-12-04); `torch.compile` of the whole model (`compile=True`) is the user's choice. All compute the same function in float32 or wider (the float64 parity tests), so the choice changes speed, not
+dynamo's recompile limit (2026-12-04); `torch.compile` of the whole model (`compile=True`) is the user's choice.
+All compute the same function in float32 or wider (the float64 parity tests), so the choice changes speed, not
 results beyond rounding.
 Under `torch.use_deterministic_algorithms(True)` only the deterministic candidates are timed: the operator and the
 Triton operator (the published structure's adaptive pools have no deterministic CUDA backward). Under `torch.compile`
