@@ -79,10 +79,16 @@ def test_float32_sections_turn_tf32_off_and_restore_the_users_settings():
 
 
 def test_check_device_runs_float32_sections_without_tf32(monkeypatch):
-    seen = {}
-    monkeypatch.setattr(check_device, "correctness", lambda device, shapes: seen.setdefault(
-        "correctness", [getattr(obj, name) == value for obj, name, value in check_device._tf32_switches()]) and [])
-    monkeypatch.setattr(check_device, "compile_check", lambda device, quick: seen.setdefault(
-        "compile", [getattr(obj, name) == value for obj, name, value in check_device._tf32_switches()]) and [])
+    seen = {}  # section -> [each TF32 switch at its IEEE float32 value, while the section ran]
+
+    def recording(section):
+        def run(*args):
+            seen[section] = [getattr(obj, name) == value for obj, name, value in check_device._tf32_switches()]
+            return []
+
+        return run
+
+    monkeypatch.setattr(check_device, "correctness", recording("correctness"))
+    monkeypatch.setattr(check_device, "compile_check", recording("compile"))
     check_device.check_device(torch.device("cpu"), quick=True, sections=["correctness", "compile"])
     assert seen == {"correctness": [True, True], "compile": [True, True]}
